@@ -1,0 +1,3 @@
+"""bptt: measure what truncating backpropagation through time does to a recurrent network."""
+
+__version__ = "0.1.0"

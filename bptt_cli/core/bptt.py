@@ -1,0 +1,362 @@
+r"""Backpropagation through time, exact for every truncation mode.
+
+Notation (the lecture's, 0-indexed): a_t = W_xh x_t + W_hh h_{t-1} + b_h, h_t = phi(a_t),
+y_t = W_hy h_t + b_y, and the total loss L = sum_t sum_b m_tb L_tb / sum(m).
+
+What is computed
+----------------
+For the loss at step t the gradient flows back through steps f(t) .. t and stops there:
+h_{f(t)-1} is a constant (``detach()``), although the local weight gradient of step f(t),
+which uses h_{f(t)-1} as its input, still counts. With delta_s^{(t)} = dL_t/da_s,
+
+    dL_t/dh_t       = W_hy^T dL_t/dy_t                      (the direct term)
+    dL_t/dh_{s-1}   = W_hh^T delta_s^{(t)},  delta_s^{(t)} = phi'(a_s) * dL_t/dh_s,  f(t) < s <= t
+    dL/dW_hh        = sum_t sum_{s=f(t)}^{t} delta_s^{(t)} h_{s-1}^T      (dW_xh: x_s, db_h: 1)
+
+The lecture's product of Jacobians dh_t/dh_{t-k} = prod phi'(a) W_hh is never formed: the
+adjoints are pushed back one step at a time. Writing A_s = sum_t delta_s^{(t)} (the summed
+pre-activation adjoint at step s), every weight gradient is ONE matmul over all steps:
+dW_hh = A^T [h_{-1} .. h_{T-2}], dW_xh = A^T x, db_h = sum A, taken after the sweep.
+
+How it is vectorised
+--------------------
+Every mode is "chunks of C steps whose losses look back W steps from the chunk's last step"
+(see ``truncation.py``). Chain c starts at the chunk's last step e_c = (c+1)C - 1 and walks
+back; at lag j all live chains sit at steps e_c - j, which are evenly spaced C apart, so a
+strided view holds them and ONE batched matmul advances all of them:
+
+    lag j:   chains c = j//C .. nC-1   at steps s = e_c - j      (chunk losses injected while j < C)
+    full:            C = T,  one chain,  T lags      (the classic backward loop)
+    subsequence:K    C = K,  T/K chains, K lags      (each step is on exactly one chain)
+    k_truncated:K    C = 1,  T chains,   K+1 lags    (Python iterates over lags, not over t)
+    tbptt:K1:K2      C = K1, T/K1 chains, K2 lags
+
+So Python runs W iterations (not T*W), each a matmul of up to T*B rows. The time axis is
+padded to a multiple of C with zero losses so the views stay regular.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from bptt_cli.core.errors import DivergedError, InvalidInputError
+from bptt_cli.core.losses import LOSSES
+from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward_into, outputs
+from bptt_cli.core.truncation import Truncation, parse
+
+
+class Workspace:
+    """Work buffers reused across calls with the same shapes (never the returned gradients)."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype))
+        buf = self._bufs.get(key)
+        if buf is None:
+            # One shape per name: drop buffers of an older shape so memory does not pile up.
+            for k in [k for k in self._bufs if k[0] == name]:
+                del self._bufs[k]
+            buf = np.zeros(shape, dtype=dtype)
+            self._bufs[key] = buf
+        elif zero:
+            buf.fill(0)
+        return buf
+
+
+def _fmt_shape(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_inputs(params, x, targets, mask, h0, loss: str):
+    """Validate shapes, dtypes and values; return (targets, mask, h0) in the engine's dtypes."""
+    if not isinstance(params, dict) or set(params) != set(PARAM_NAMES):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise InvalidInputError(f"params must be a dict with keys {', '.join(PARAM_NAMES)}, got {got}")
+    dt = params["W_hh"].dtype
+    if dt not in (np.float32, np.float64):
+        raise InvalidInputError(f"params must be float32 or float64, got W_hh of dtype {dt}")
+    H, I = params["W_xh"].shape if params["W_xh"].ndim == 2 else (None, None)
+    O = params["W_hy"].shape[0] if params["W_hy"].ndim == 2 else None
+    expected = {"W_xh": (H, I), "W_hh": (H, H), "b_h": (H,), "W_hy": (O, H), "b_y": (O,)}
+    for k in PARAM_NAMES:
+        p = params[k]
+        if not isinstance(p, np.ndarray) or p.shape != expected[k] or None in expected[k]:
+            raise InvalidInputError(
+                f"params[{k!r}] must have shape {_fmt_shape(expected[k])} for H={H}, I={I}, O={O}, "
+                f"got {_fmt_shape(getattr(p, 'shape', ()))}"
+            )
+        if p.dtype != dt:
+            raise InvalidInputError(f"params[{k!r}] has dtype {p.dtype} but W_hh has {dt}; use one dtype")
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I:
+        raise InvalidInputError(f"x must have shape (T, B, I={I}), got {_fmt_shape(getattr(x, 'shape', ()))}")
+    if x.dtype != dt:
+        raise InvalidInputError(f"x has dtype {x.dtype} but the parameters are {dt}; cast one of them")
+    T, B, _ = x.shape
+    if T < 1 or B < 1:
+        raise InvalidInputError(f"x must have T >= 1 and B >= 1, got shape {_fmt_shape(x.shape)}")
+    if not np.isfinite(x).all():
+        raise InvalidInputError("x contains NaN or Inf")
+
+    mask = np.asarray(mask)
+    if mask.shape != (T, B):
+        raise InvalidInputError(f"mask must have shape (T, B) = {_fmt_shape((T, B))}, got {_fmt_shape(mask.shape)}")
+    if mask.dtype != dt:
+        if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.number)):
+            raise InvalidInputError(f"mask must be numeric or bool, got dtype {mask.dtype}")
+        mask = mask.astype(dt)
+    if not np.isin(mask, (0, 1)).all():
+        raise InvalidInputError("mask values must be 0 or 1")
+    if not mask.any():
+        raise InvalidInputError("mask has no supervised step (all zeros): the loss is undefined")
+
+    if loss not in LOSSES:
+        raise InvalidInputError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    targets = np.asarray(targets)
+    if loss == "cross_entropy":
+        if targets.shape != (T, B):
+            raise InvalidInputError(
+                f"cross_entropy targets must have shape (T, B) = {_fmt_shape((T, B))}, got {_fmt_shape(targets.shape)}"
+            )
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise InvalidInputError(f"cross_entropy targets must be integer class indices, got dtype {targets.dtype}")
+        if targets.size and (targets.min() < 0 or targets.max() >= O):
+            raise InvalidInputError(
+                f"cross_entropy targets must lie in [0, {O - 1}] (O = {O}), got values in "
+                f"[{targets.min()}, {targets.max()}]"
+            )
+    else:
+        if targets.shape != (T, B, O):
+            raise InvalidInputError(
+                f"mse targets must have shape (T, B, O) = {_fmt_shape((T, B, O))}, got {_fmt_shape(targets.shape)}"
+            )
+        if not np.issubdtype(targets.dtype, np.floating) and not np.issubdtype(targets.dtype, np.integer):
+            raise InvalidInputError(f"mse targets must be numeric, got dtype {targets.dtype}")
+        targets = targets.astype(dt, copy=False)
+        if not np.isfinite(targets).all():
+            raise InvalidInputError("targets contain NaN or Inf")
+
+    if h0 is not None:
+        h0 = np.asarray(h0)
+        if h0.shape != (B, H):
+            raise InvalidInputError(f"h0 must have shape (B, H) = {_fmt_shape((B, H))}, got {_fmt_shape(h0.shape)}")
+        if not np.isfinite(h0).all():
+            raise InvalidInputError("h0 contains NaN or Inf")
+    return targets, mask, h0
+
+
+def _check_finite_grads(grads: dict) -> None:
+    for k, g in grads.items():
+        if not np.isfinite(g).all():
+            raise DivergedError(f"gradient {k}")
+
+
+def _adjoints(dh: np.ndarray, dphi: np.ndarray | None, W_hh: np.ndarray, C: int, W: int, ws: Workspace) -> np.ndarray:
+    """A (T, B, H): the pre-activation adjoints summed over every loss whose window covers each step.
+
+    dh (Tp, B, H): dL/dh_t through the output alone (the direct term), rows T.. Tp-1 zero;
+    dphi (Tp, B, H): phi'(a_t), or None for identity; Tp = nC * C. See the module docstring.
+    """
+    Tp, B, H = dh.shape
+    nC = Tp // C
+    A = ws.get("A", (Tp, B, H), dh.dtype, zero=W > C)
+    G = ws.get("G", (nC, B, H), dh.dtype)
+    D = ws.get("D", (nC, B, H), dh.dtype) if W > C else None
+    G[...] = dh[C - 1 :: C]  # lag 0: each chain starts at its chunk's last step
+    lags = min(W, Tp)
+    for j in range(lags):
+        lo = j // C  # chains of chunks before lo have reached step 0 and stopped
+        p0 = (lo + 1) * C - 1 - j
+        at = slice(p0, p0 + (nC - lo) * C, C)  # the steps the live chains are at, (nC-lo, B, H)
+        g = G[lo:]
+        if W == C:
+            # Chunks partition time, so each step is on exactly one chain: write, don't add.
+            da = A[at]
+            if dphi is None:
+                da[...] = g
+            else:
+                np.multiply(g, dphi[at], out=da)
+        else:
+            if dphi is None:
+                da = g
+            else:
+                da = D[lo:]
+                np.multiply(g, dphi[at], out=da)
+            A[at] += da
+        if j + 1 == lags:
+            break
+        lo2 = (j + 1) // C
+        if da is g:  # identity with overlapping windows: G is the matmul's input, write into D
+            np.matmul(g[lo2 - lo :], W_hh, out=D[lo2:])
+            G, D = D, G
+        else:
+            np.matmul(da[lo2 - lo :], W_hh, out=G[lo2:])  # dL/dh_{s-1} = dL/da_s @ W_hh
+        if j + 1 < C:  # still inside the chunk: add the losses of step s-1
+            G[lo2:] += dh[p0 - 1 : p0 - 1 + (nC - lo2) * C : C]
+    return A
+
+
+def _dphi_into(activation: str, h: np.ndarray, out: np.ndarray) -> np.ndarray | None:
+    """phi'(a) for h = phi(a), written into ``out``; None for the identity (phi' = 1)."""
+    if activation == "identity":
+        return None
+    if activation == "tanh":
+        np.multiply(h, h, out=out)
+        np.subtract(1, out, out=out)
+    else:
+        np.greater(h, 0, out=out)
+    return out
+
+
+def loss_and_gradients(
+    params: dict,
+    x: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    truncation: str | Truncation,
+    *,
+    activation: str = "tanh",
+    loss: str = "cross_entropy",
+    h0: np.ndarray | None = None,
+    workspace: Workspace | None = None,
+) -> tuple[float, dict, np.ndarray]:
+    """Loss and the truncated gradient of one whole sequence batch, with no update inside.
+
+    x (T, B, I); targets (T, B) int for cross_entropy or (T, B, O) for mse; mask (T, B);
+    h0 (B, H) or None for zeros. Returns (loss, grads with the params' keys and shapes,
+    h_last (B, H)). Raises InvalidInputError for bad inputs and DivergedError when the loss
+    or a gradient is not finite.
+    """
+    tr = parse(truncation)
+    check_activation(activation)
+    targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
+    ws = workspace if workspace is not None else Workspace()
+    T, B, I = x.shape
+    H = params["W_hh"].shape[0]
+    dt = x.dtype
+
+    hs = ws.get("hs", (T + 1, B, H), dt)  # hs[t+1] = h_t
+    hs[0] = 0 if h0 is None else h0
+    forward_into(params, x, hs, ws.get("xw", (T, B, H), dt), activation)
+    y = outputs(params, hs)  # (T, B, O)
+    value, dy = LOSSES[loss](y, targets, mask)
+    if not np.isfinite(value):
+        raise DivergedError("loss")
+
+    C, W = tr.chunk_and_window(T)
+    Tp = -(-T // C) * C
+    O = y.shape[2]
+    dy2 = dy.reshape(T * B, O)
+    h_out = hs[1:].reshape(T * B, H)
+    # Direct terms dL/dh_t = dL/dy_t @ W_hy for all steps at once; rows past T stay zero.
+    dh = ws.get("dh", (Tp, B, H), dt)
+    np.matmul(dy2, params["W_hy"], out=dh[:T].reshape(T * B, H))
+    dphi = ws.get("dphi", (Tp, B, H), dt)
+    if _dphi_into(activation, hs[1:], dphi[:T]) is None:
+        dphi = None
+    A = _adjoints(dh, dphi, params["W_hh"], C, W, ws)[:T].reshape(T * B, H)
+
+    grads = {
+        "W_xh": A.T @ x.reshape(T * B, I),
+        "W_hh": A.T @ hs[:-1].reshape(T * B, H),
+        "b_h": A.sum(axis=0),
+        "W_hy": dy2.T @ h_out,
+        "b_y": dy2.sum(axis=0),
+    }
+    _check_finite_grads(grads)
+    return value, grads, hs[T].copy()
+
+
+def chunked_pass(
+    params: dict,
+    x: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    truncation: str | Truncation,
+    on_chunk: Callable[[int, float, dict], None],
+    *,
+    activation: str = "tanh",
+    loss: str = "cross_entropy",
+    h0: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ``update_every: chunk`` schedule: an update after every chunk, inside one sequence.
+
+    Chunks are blocks of ``truncation.chunk_length(T)`` steps (K for subsequence, K1 for
+    tbptt, 1 for k_truncated, T for full). For each chunk in order, the forward runs with
+    the current parameters (the hidden state carries on: the forward is never truncated),
+    the chunk's loss sum(m L)/sum(m) over its own steps is differentiated through each
+    step's window f(t) .. t, and ``on_chunk(index, loss, grads)`` is called; it may update
+    ``params`` in place, and later chunks run with the updated weights. A window that
+    reaches into an earlier chunk uses the stored states and, for each step's Jacobian,
+    the W_hh that step actually ran with. Chunks without a supervised step are skipped.
+    Returns h_last (B, H).
+    """
+    tr = parse(truncation)
+    check_activation(activation)
+    targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
+    T, B, I = x.shape
+    H = params["W_hh"].shape[0]
+    dt = x.dtype
+    C = tr.chunk_length(T) if tr.mode != "k_truncated" else 1
+    starts = tr.starts(T)
+    dphi_of = ACTIVATIONS[activation][1]
+    hs = np.empty((T + 1, B, H), dtype=dt)
+    hs[0] = 0 if h0 is None else h0
+    xw = np.empty((T, B, H), dtype=dt)
+    W_ran = []  # W_ran[c] = the W_hh that chunk c's steps ran with
+    for c, a in enumerate(range(0, T, C)):
+        b = min(a + C, T)
+        forward_into(params, x[a:b], hs[a : b + 1], xw[a:b], activation)
+        W_ran.append(params["W_hh"].copy())
+        m = mask[a:b]
+        if not m.any():
+            continue
+        y = outputs(params, hs[a : b + 1])  # (b-a, B, O)
+        value, dy = LOSSES[loss](y, targets[a:b], m)
+        if not np.isfinite(value):
+            raise DivergedError("loss")
+        f = int(starts[a])  # every step of a chunk shares its window start
+        n = b - f
+        dh_direct = (dy.reshape(-1, dy.shape[2]) @ params["W_hy"]).reshape(b - a, B, H)
+        A = np.empty((n, B, H), dtype=dt)  # A[s - f] = dL_chunk/da_s
+        g = np.zeros((B, H), dtype=dt)
+        for s in range(b - 1, f - 1, -1):
+            if s >= a:
+                g += dh_direct[s - a]
+            da = g if dphi_of is None else g * dphi_of(hs[s + 1])
+            A[s - f] = da
+            g = da @ W_ran[s // C]
+        A2 = A.reshape(n * B, H)
+        grads = {
+            "W_xh": A2.T @ x[f:b].reshape(n * B, I),
+            "W_hh": A2.T @ hs[f:b].reshape(n * B, H),
+            "b_h": A2.sum(axis=0),
+            "W_hy": dy.reshape(-1, dy.shape[2]).T @ hs[a + 1 : b + 1].reshape((b - a) * B, H),
+            "b_y": dy.reshape(-1, dy.shape[2]).sum(axis=0),
+        }
+        _check_finite_grads(grads)
+        on_chunk(c, value, grads)
+    return hs[T].copy()
+
+
+def state_jacobian(
+    params: dict, x: np.ndarray, t: int, j: int, *, activation: str = "tanh", h0: np.ndarray | None = None
+) -> np.ndarray:
+    """dh_t/dh_{t-j} (B, H, H): the lecture's product of step Jacobians diag(phi'(a_s)) W_hh
+    for s = t down to t-j+1 (column convention: J[b] @ dh_{t-j} = dh_t)."""
+    from bptt_cli.core.model import forward
+
+    T, B, _ = x.shape
+    if not (0 <= j <= t < T):
+        raise InvalidInputError(f"need 0 <= j <= t < T = {T}, got t={t}, j={j}")
+    hs, _ = forward(params, x, activation=activation, h0=h0)
+    H = params["W_hh"].shape[0]
+    dphi_of = ACTIVATIONS[activation][1]
+    J = np.broadcast_to(np.eye(H, dtype=x.dtype), (B, H, H)).copy()
+    for s in range(t, t - j, -1):
+        step = params["W_hh"] if dphi_of is None else dphi_of(hs[s + 1])[:, :, None] * params["W_hh"]
+        J = J @ step
+    return J
