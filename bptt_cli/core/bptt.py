@@ -254,9 +254,12 @@ def loss_and_gradients(
     # Direct terms dL/dh_t = dL/dy_t @ W_hy for all steps at once; rows past T stay zero.
     dh = ws.get("dh", (Tp, B, H), dt)
     np.matmul(dy2, params["W_hy"], out=dh[:T].reshape(T * B, H))
+    dh[T:] = 0  # padding steps carry no loss (the buffer may hold a longer call's values)
     dphi = ws.get("dphi", (Tp, B, H), dt)
     if _dphi_into(activation, hs[1:], dphi[:T]) is None:
         dphi = None
+    else:
+        dphi[T:] = 0
     A = _adjoints(dh, dphi, params["W_hh"], C, W, ws)[:T].reshape(T * B, H)
 
     grads = {

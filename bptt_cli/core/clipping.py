@@ -10,7 +10,7 @@ Modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +26,7 @@ class ClipRecord:
     norm_before: float
     norm_after: float
     clipped: bool
+    param_norms: dict = field(default_factory=dict)  # each parameter's norm before clipping
 
 
 def param_norms(grads: dict) -> dict[str, float]:
@@ -42,9 +43,10 @@ def clip(grads: dict, mode: str, threshold: float | None) -> tuple[dict, ClipRec
     """Return (clipped gradients, record). The input dict and arrays are never modified."""
     if mode not in MODES:
         raise InvalidInputError(f"clip mode must be one of {', '.join(MODES)}, got {mode!r}")
-    before = global_norm(grads)
+    norms = param_norms(grads)
+    before = float(np.sqrt(sum(n * n for n in norms.values())))
     if mode == "none":
-        return dict(grads), ClipRecord(before, before, False)
+        return dict(grads), ClipRecord(before, before, False, norms)
     if threshold is None or not np.isfinite(threshold) or threshold <= 0:
         raise InvalidInputError(f"clip threshold must be a positive number for mode {mode!r}, got {threshold!r}")
     c = float(threshold)
@@ -54,7 +56,7 @@ def clip(grads: dict, mode: str, threshold: float | None) -> tuple[dict, ClipRec
             scale = c / before
             out = {k: g * g.dtype.type(scale) for k, g in grads.items()}
     elif mode == "per_param_norm":
-        for k, n in param_norms(grads).items():
+        for k, n in norms.items():
             if n > c:
                 out[k] = grads[k] * grads[k].dtype.type(c / n)
     else:
@@ -63,4 +65,4 @@ def clip(grads: dict, mode: str, threshold: float | None) -> tuple[dict, ClipRec
                 out[k] = np.clip(g, -c, c)
     clipped = any(out[k] is not grads[k] for k in grads)
     after = global_norm(out) if clipped else before
-    return out, ClipRecord(before, after, clipped)
+    return out, ClipRecord(before, after, clipped, norms)

@@ -1,0 +1,400 @@
+"""The `bptt` command line: parse, call the layers below, turn their errors into exit codes.
+
+Exit codes: 0 success (a diverged run is a result, not a crash), 1 a failed expectation,
+gradient check or --fail-on-diverge, 2 bad input of any kind, 130 interrupted.
+Data goes to stdout; messages and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from bptt_cli import render, runs
+from bptt_cli.core.errors import BpttError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="bptt",
+    help="Train a NumPy Elman RNN with (truncated) backpropagation through time and measure what truncation does.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Every deliberate bptt error becomes one line on stderr and exit code 2."""
+    try:
+        yield
+    except BpttError as e:
+        raise fail(str(e)) from None
+
+
+class StopFlag:
+    """SIGINT/SIGTERM: the first asks the run to stop after the current step; a second
+    Ctrl-C interrupts at once (the logs still hold every finished update)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        err.print("stopping after the current step (Ctrl-C again to stop at once)...")
+
+    def __enter__(self) -> "StopFlag":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+SET_HELP = "Override a config value, dotted and typed like the schema: --set truncation.k=5 (repeatable)."
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; omitted: the built-in quickstart."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write the run here (new or empty folder)."),
+    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of new run directories."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its checkpoint."),
+    smoke: bool = typer.Option(False, "--smoke", help="Shrink the config to a few updates (CI smoke run)."),
+    expect: list[str] = typer.Option([], "--expect", help="Check a final metric, e.g. 'eval.accuracy>=0.9' (repeatable); exit 1 if not met."),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Show every N-th logged update in the table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no tables; only the summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    fail_on_diverge: bool = typer.Option(False, "--fail-on-diverge", help="Exit 1 when the run diverges."),
+) -> None:
+    """Train one model from a YAML config and log every update."""
+    from bptt_cli import config as cfgmod
+    from bptt_cli.session import execute
+    from bptt_cli.trainer import Trainer
+
+    with user_errors():
+        expectations = tuple(cfgmod.parse_expectation(e) for e in expect)
+        if resume is not None:
+            if config is not None or set_ or run_dir is not None or smoke:
+                raise fail("--resume takes the config from the run directory; drop CONFIG, --set, --run-dir and --smoke")
+            if not runs.is_run_dir(resume):
+                raise fail(f"--resume {resume}: not a run directory (no config.yaml)")
+            cfg = cfgmod.load_config(resume / "config.yaml")
+            path = resume
+        else:
+            cfg = cfgmod.load_config(config, set_)
+            if smoke:
+                cfg = cfgmod.smoke(cfg)
+        trainer = Trainer(cfg)
+        if resume is None:
+            path = runs.claim_run_dir(run_dir) if run_dir is not None else runs.new_run_dir(runs_root, cfg.name)
+    err.print(f"run: {path}", markup=False)
+    show_progress = not quiet and err.is_terminal
+    with StopFlag() as stop, render_progress(cfg, trainer, show_progress) as on_event:
+        try:
+            with user_errors():
+                summary = execute(cfg, path, resume=resume is not None, expect=expectations, stop=stop, on_event=on_event, trainer=trainer)
+        except typer.Exit:
+            raise
+        except Exception as e:  # an internal error: say where the traceback went, no wall of text
+            raise fail(f"the run failed with {type(e).__name__}: {e} (traceback in {path / 'error.log'})", EXIT_FAILED) from None
+    _report(path, summary, every=every, quiet=quiet, as_json=as_json)
+    status = summary["status"]
+    if status == "interrupted":
+        err.print(f"interrupted; continue with: bptt train --resume {path}")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if status == "diverged":
+        d = summary.get("diverged_at") or {}
+        err.print(f"diverged: non-finite {d.get('what')} at step {d.get('step')}; logs kept up to the last finite update")
+        if fail_on_diverge:
+            raise typer.Exit(EXIT_FAILED)
+    failed = render.expectations_lines(summary.get("expectations", []))
+    for line in failed:
+        err.print(line, markup=False)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@contextmanager
+def render_progress(cfg, trainer, enabled: bool):
+    """A live progress bar with loss and gradient norm on stderr (terminals only)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  |g| {task.fields[gnorm]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task_id = progress.add_task(cfg.name, total=cfg.train.steps, loss="-", gnorm="-")
+    last = {}
+
+    def on_event(ev) -> None:
+        if ev.kind == "update":
+            last.update(ev.data)
+        elif ev.kind == "step":
+            progress.update(
+                task_id,
+                completed=ev.data["step"],
+                loss=render.fmt(last.get("loss")),
+                gnorm=render.fmt(last.get("grad_norm")),
+            )
+
+    with progress:
+        yield on_event
+
+
+def _report(path: Path, summary: dict, *, every: int | None, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(runs._jsonable(summary)))
+        return
+    if quiet:
+        out.print(render.summary_panel(summary))
+        return
+    run = runs.load_run(path)
+    out.print(render.run_report(run, every=every))
+
+
+@app.command()
+def show(
+    run_dir: Path = typer.Argument(..., help="A run directory (also one still going or killed)."),
+    every: Optional[int] = typer.Option(None, "--every", min=1, help="Show every N-th logged update."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Render a run's logs and summary (or a compare directory's table) from its files."""
+    from bptt_cli import compare as cmp
+
+    if cmp.is_compare_dir(run_dir):
+        with user_errors():
+            result = cmp.collect(run_dir)
+        if as_json:
+            out.print_json(json.dumps(runs._jsonable(result)))
+        else:
+            _print_compare(result, None)
+        return
+    with user_errors():
+        run = runs.load_run(run_dir)
+    if as_json:
+        out.print_json(json.dumps(run.summary))
+        return
+    out.print(render.run_report(run, every=every))
+
+
+@app.command("runs")
+def list_runs(root: Path = typer.Argument(Path("runs"), help="Folder to search for runs.")) -> None:
+    """List runs with name, status, task, truncation, steps and final loss."""
+    with user_errors():
+        paths = runs.find_runs(root)
+    rows = []
+    for p in paths:
+        try:
+            run = runs.load_run(p)
+        except BpttError as e:
+            err.print(f"skipping {p}: {e}", markup=False)
+            continue
+        s, final = run.summary, run.summary.get("final") or {}
+        evals = [f"{k[5:]} {render.fmt(v)}" for k, v in final.items() if k.startswith("eval.") and k != "eval.loss"]
+        rows.append(
+            {
+                "path": str(p),
+                "name": s.get("name", run.config.get("name")),
+                "status": s.get("status", "unknown"),
+                "task": s.get("task", (run.config.get("task") or {}).get("name")),
+                "truncation": s.get("truncation", ""),
+                "steps_done": s.get("steps_done", len({m["step"] for m in run.metrics})),
+                "steps": s.get("steps"),
+                "final_loss": final.get("train.loss"),
+                "eval": ", ".join(evals),
+            }
+        )
+    if not rows:
+        err.print(f"no runs under {root}")
+        return
+    out.print(render.runs_table(rows))
+
+
+@app.command()
+def tasks() -> None:
+    """List the sequence tasks with their parameters."""
+    from bptt_cli.tasks import REGISTRY
+
+    rows = []
+    for name, cls in REGISTRY.items():
+        rows.append(
+            {
+                "name": name,
+                "description": cls.description,
+                "loss": cls.loss,
+                "params": [{"name": p.name, "default": p.default, "allowed": p.allowed(), "help": p.help} for p in cls.params],
+            }
+        )
+    out.print(render.tasks_table(rows))
+
+
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="YAML config to check."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Check a config and print it fully resolved (defaults and overrides filled in)."""
+    from bptt_cli import config as cfgmod
+
+    from bptt_cli.tasks import make_task
+
+    with user_errors():
+        cfg = cfgmod.load_config(config, set_)
+        make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=cfg.model.dtype)  # e.g. a text file that is missing
+    sys.stdout.write(cfgmod.dump_yaml(cfg))
+
+
+@app.command()
+def compare(
+    config: Optional[Path] = typer.Argument(None, help="YAML config shared by every variant (omitted: the quickstart)."),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated truncation specs, e.g. full,k_truncated:5,subsequence:10,tbptt:5:20."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="A count of seeds from the config's seed on (3), or seeds (3,7,11)."),
+    grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... varied across variants, e.g. clip.threshold=1,5,none (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Parallel worker processes (default: number of CPUs; 1 runs in this process)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run on a Dask cluster at this address, e.g. tcp://host:8786 (needs the dask extra)."),
+    budget: str = typer.Option("sequences", "--budget", help="sequences: same training sequences for every variant; updates: same optimizer updates."),
+    runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of new compare directories."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Finish the variants of this compare directory that did not complete."),
+    smoke: bool = typer.Option(False, "--smoke", help="Shrink every variant to a few updates (CI smoke run)."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Order rows by a column: " + ", ".join(render.SORT_KEYS) + "."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress display."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+) -> None:
+    """Run truncation modes (x grid points x seeds) side by side and show one table."""
+    import os
+
+    from bptt_cli import compare as cmp
+    from bptt_cli import config as cfgmod
+
+    if sort is not None and sort not in render.SORT_KEYS:
+        raise fail(f"--sort must be one of {', '.join(render.SORT_KEYS)}, got {sort!r}")
+    with user_errors():
+        if resume is not None:
+            if config is not None or modes or seeds or grid or set_ or smoke:
+                raise fail("--resume takes everything from the compare directory; drop CONFIG, --modes, --seeds, --grid, --set and --smoke")
+            variants, meta = cmp.read_plan(resume)
+            path = resume
+        else:
+            base = cfgmod.load_config(config, set_)
+            if smoke:
+                base = cfgmod.smoke(base)
+            variants = cmp.plan(
+                base,
+                modes=cmp.parse_modes(modes) if modes else None,
+                seeds=cmp.parse_seeds(seeds, base.seed) if seeds else None,
+                grid=cmp.parse_grid(grid) if grid else None,
+                budget=budget,
+            )
+            path = cmp.new_compare_dir(runs_root, base.name)
+            meta = {"name": base.name, "budget": budget, "base_config": cfgmod.to_dict(base)}
+            cmp.write_plan(path, variants, meta)
+        executor, in_process = _executor(workers or os.cpu_count() or 1, scheduler)
+    err.print(f"compare: {path} ({len(variants)} variants)", markup=False)
+    live_enabled = not quiet and err.is_terminal
+    with StopFlag() as stop:
+        try:
+            with _live(live_enabled) as show:
+                progress = cmp.execute_all(path, variants, executor, in_process=in_process, stop=stop, on_progress=show)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+    result = cmp.collect(path)
+    cmp.write_results(path, result)
+    if as_json:
+        out.print_json(json.dumps(runs._jsonable(result)))
+    else:
+        _print_compare(result, sort)
+    if any(s in ("interrupted", "not started") for s in progress.status.values()) and stop.requested:
+        err.print(f"interrupted; finish the missing variants with: bptt compare --resume {path}")
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _executor(workers: int, scheduler: str | None):
+    """(executor, runs in this process?) for --workers / --scheduler."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bptt_cli import compare as cmp
+
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise fail('--scheduler needs Dask: pip install -e ".[dask]"') from None
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise fail(f"--scheduler {scheduler}: cannot connect ({e})") from None
+        return client.get_executor(), False
+    if workers == 1:
+        return ThreadPoolExecutor(max_workers=1), True
+    return cmp.ProcessPerTaskExecutor(workers), False
+
+
+@contextmanager
+def _live(enabled: bool):
+    if not enabled:
+        yield None
+        return
+    from rich.live import Live
+
+    with Live(console=err, refresh_per_second=4, transient=True) as live:
+
+        def show(prog) -> None:
+            live.update(render.compare_progress_table(prog.status, prog.steps, prog.total))
+
+        yield show
+
+
+def _print_compare(result: dict, sort: str | None) -> None:
+    # The table is wide; a log file or pipe has no width to respect, so give it room.
+    con = out if out.is_terminal else Console(width=200, highlight=False)
+    con.print(render.compare_table(result, sort=sort))
+    if any(r.get("status") != "completed" for r in result["variants"]) or len(result["variants"]) <= 12:
+        con.print(render.variants_table(result))
+    con.print(f"results: {result['path']}/compare.json, compare.csv", markup=False, highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

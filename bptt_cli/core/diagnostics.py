@@ -1,0 +1,245 @@
+r"""Diagnostics that make the lecture visible: gradient flow by lag, truncation bias, spectrum.
+
+Notation as in ``bptt.py`` (0-indexed): a_t = W_xh x_t + W_hh h_{t-1} + b_h, h_t = phi(a_t),
+y_t = W_hy h_t + b_y, and L_tb the per-step loss of sample b at step t.
+
+Gradient flow by lag
+--------------------
+The lecture's vanishing/exploding claim is about dh_t/dh_{t-j}, a product of j step
+Jacobians diag(phi'(a_s)) W_hh. What a loss actually sends back is the adjoint
+
+    G_j[t] = dL_t/dh_{t-j}      G_0[t] = W_hy^T dL_t/dy_t
+    G_{j+1}[t] = W_hh^T (phi'(a_{t-j}) * G_j[t])          (rows: (G_j[t] * phi'(a_{t-j})) @ W_hh)
+
+through the full, untruncated graph, whatever mode the run trains with. As in the engine's
+``k_truncated`` sweep, Python loops over the lag j and ONE batched matmul advances the adjoints
+of every (t, b) at once.
+
+    lag j:  entries (t, b) with m_tb = 1 and t >= j,  G (N_j, H) -> (N_{j+1}, H)
+
+Two choices, so that the numbers mean the same thing on every batch:
+- only supervised steps count: the mean at lag j is over the (t, b) with m_tb = 1 and t >= j
+  (an unsupervised step has L_t = 0 and would only dilute the mean with zeros);
+- L_t is the per-step loss L_tb itself, not m_tb L_tb / sum(m): the norms do not shrink as
+  the batch or the number of supervised steps grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bptt_cli.core.bptt import check_inputs, loss_and_gradients
+from bptt_cli.core.errors import InvalidInputError
+from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward
+from bptt_cli.core.truncation import Truncation, parse
+
+SATURATION = 0.99  # a tanh unit with |h| above this passes back at most 1 - 0.99^2 ~ 2% of its adjoint
+
+
+def _step_loss_grad(y: np.ndarray, targets: np.ndarray, loss: str) -> np.ndarray:
+    """dL_tb/dy_t for N selected entries, unnormalised: y (N, O), targets (N,) int or (N, O)."""
+    if loss == "cross_entropy":
+        p = np.exp(y - y.max(axis=1, keepdims=True))  # (N, O)
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(len(p)), targets] -= 1  # softmax - onehot
+        return p
+    return y - targets  # mse: d(0.5 ||y - target||^2)/dy
+
+
+def _fit_decay(lags: list[int], norms: list[float | None]) -> float | None:
+    """Least-squares slope of log(norm) against lag over the lags with a finite norm > 0."""
+    pts = [(j, math.log(n)) for j, n in zip(lags, norms) if n is not None and 0 < n < math.inf]
+    if len(pts) < 2:
+        return None
+    j = np.array([p[0] for p in pts], dtype=np.float64)
+    ln = np.array([p[1] for p in pts], dtype=np.float64)
+    jc = j - j.mean()
+    return float(jc @ (ln - ln.mean()) / (jc @ jc))
+
+
+def gradient_flow(
+    params: dict,
+    x: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    *,
+    activation: str,
+    loss: str,
+    h0: np.ndarray | None = None,
+    max_lag: int = 50,
+) -> dict:
+    """Mean ||dL_t/dh_{t-j}|| by lag j through the full graph, and its fitted per-step decay.
+
+    x (T, B, I); targets (T, B) int or (T, B, O); mask (T, B); h0 (B, H) or None. Lags run
+    j = 0 .. min(T-1, max_lag), and stop early at the last supervised step (no loss reaches
+    further back). See the module docstring for which (t, b) are averaged and why.
+
+    Returns plain JSON-ready data::
+
+        lags            [0, 1, ..., J]
+        norms           mean over supervised (t, b) with t >= j of ||dL_tb/dh_{t-j}||, float64
+        counts          how many (t, b) each mean is over
+        slope           least-squares slope of log(norm) vs lag, over lags with norm > 0
+        decay_per_step  exp(slope): the factor the gradient norm changes by per step back
+        halves_every    ln 2 / -slope when slope < 0, else None
+        doubles_every   ln 2 / slope when slope > 0, else None
+
+    slope, decay_per_step, halves_every and doubles_every are None with fewer than two lags of
+    non-zero norm. The computation runs in the parameters' dtype; nothing is modified. It costs
+    about what a ``k_truncated:max_lag`` backward does: one (N_j, H) @ (H, H) matmul per lag,
+    N_j the supervised entries at least j steps from the start.
+    """
+    check_activation(activation)
+    targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
+        raise InvalidInputError(f"max_lag must be an integer >= 0, got {max_lag!r}")
+    T = x.shape[0]
+    hs, y = forward(params, x, activation=activation, h0=h0)  # hs (T+1, B, H), y (T, B, O)
+
+    # Supervised entries, latest step first: the entries still alive at lag j (t >= j) are
+    # then always a prefix, so each lag slices G[:n_j] (only phi' needs a gather).
+    t_idx, b_idx = np.nonzero(mask)
+    order = np.argsort(-t_idx, kind="stable")
+    t_idx, b_idx = t_idx[order], b_idx[order]  # (N,), (N,)
+    dy = _step_loss_grad(y[t_idx, b_idx], targets[t_idx, b_idx], loss)  # (N, O)
+    G = dy @ params["W_hy"]  # (N, H): G_0 = dL_tb/dh_t
+
+    dphi_of = ACTIVATIONS[activation][1]
+    dphi = None if dphi_of is None else dphi_of(hs[1:])  # (T, B, H): phi'(a_s)
+    W_hh = params["W_hh"]
+    J = min(T - 1, int(max_lag), int(t_idx[0]))
+    lags: list[int] = []
+    norms: list[float] = []
+    counts: list[int] = []
+    for j in range(J + 1):
+        n = int(np.count_nonzero(t_idx >= j))  # live entries: G[:n] = dL_t/dh_{t-j}
+        G = G[:n]
+        lags.append(j)
+        counts.append(n)
+        norms.append(float(np.linalg.norm(G.astype(np.float64, copy=False), axis=1).mean()))
+        if j == J:
+            break
+        n1 = int(np.count_nonzero(t_idx >= j + 1))
+        da = G[:n1]
+        if dphi is not None:
+            da = da * dphi[t_idx[:n1] - j, b_idx[:n1]]  # (n1, H): dL_t/da_{t-j}
+        G = da @ W_hh  # dL_t/dh_{t-j-1}, one matmul for every live (t, b)
+
+    slope = _fit_decay(lags, norms)
+    out = {
+        "lags": lags,
+        "norms": norms,
+        "counts": counts,
+        "slope": slope,
+        "decay_per_step": None if slope is None else math.exp(slope),
+        "halves_every": None,
+        "doubles_every": None,
+    }
+    if slope is not None and slope < 0:
+        out["halves_every"] = math.log(2) / -slope
+    elif slope is not None and slope > 0:
+        out["doubles_every"] = math.log(2) / slope
+    return out
+
+
+def describe_decay(decay: float | None) -> str:
+    """"x0.87 per step, halves every 5.0 steps" (or "doubles every ..."), from decay_per_step."""
+    if decay is None or not math.isfinite(decay) or decay <= 0:
+        return "no decay estimate (needs two lags with a non-zero gradient norm)"
+    factor = f"x{decay:.2f}" if 0.01 <= decay < 100 else f"x{decay:.3g}"
+    slope = math.log(decay)
+    if slope < 0:
+        return f"{factor} per step, halves every {math.log(2) / -slope:.1f} steps"
+    if slope > 0:
+        return f"{factor} per step, doubles every {math.log(2) / slope:.1f} steps"
+    return f"{factor} per step, neither halves nor doubles"
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """Cosine and ||a - b|| / ||b|| in float64; exactly 1 and 0 when a and b are equal."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    na = float(np.sqrt(a @ a))
+    nb = float(np.sqrt(b @ b))
+    if np.array_equal(a, b):
+        return {"cosine": 1.0, "rel_error": 0.0 if nb > 0 else None, "norm_mode": na, "norm_full": nb}
+    cos = None if na == 0 or nb == 0 else float(np.clip((a @ b) / (na * nb), -1.0, 1.0))
+    d = a - b
+    rel = float(np.sqrt(d @ d)) / nb if nb > 0 else None
+    return {"cosine": cos, "rel_error": rel, "norm_mode": na, "norm_full": nb}
+
+
+def truncation_bias(grads_mode: dict, grads_full: dict) -> dict:
+    """How far a mode's gradient is from the full-BPTT gradient on the same batch and weights.
+
+    Returns ``{"cosine", "rel_error", "norm_mode", "norm_full", "per_param": {name: {same
+    keys}}}``: the overall numbers are over all parameters concatenated (in the order of
+    ``grads_full``). cosine = <g_mode, g_full> / (||g_mode|| ||g_full||), clipped to [-1, 1],
+    None if either norm is 0 (unless the two are equal); rel_error = ||g_mode - g_full|| /
+    ||g_full||, None if ||g_full|| = 0. Equal arrays give exactly 1.0 and 0.0. Computed in float64.
+    """
+    if set(grads_mode) != set(grads_full):
+        raise InvalidInputError(
+            f"gradients to compare must have the same keys, got {sorted(grads_mode)} and {sorted(grads_full)}"
+        )
+    for k in grads_full:
+        if np.shape(grads_mode[k]) != np.shape(grads_full[k]):
+            raise InvalidInputError(
+                f"gradient {k!r} has shape {np.shape(grads_mode[k])} in the mode and {np.shape(grads_full[k])} in full"
+            )
+    keys = list(grads_full)
+    out = _compare(
+        np.concatenate([np.ravel(grads_mode[k]) for k in keys]) if keys else np.zeros(0),
+        np.concatenate([np.ravel(grads_full[k]) for k in keys]) if keys else np.zeros(0),
+    )
+    out["per_param"] = {k: _compare(grads_mode[k], grads_full[k]) for k in keys}
+    return out
+
+
+def spectrum(params: dict, hs: np.ndarray | None = None, activation: str = "tanh") -> dict:
+    """Spectral radius and largest singular value of W_hh (float64), and tanh saturation.
+
+    hs: hidden states of any shape, e.g. ``forward(...)[0][1:]`` (T, B, H) (leave out h0 if
+    it is not the network's own). Returns ``{"spectral_radius", "max_singular_value",
+    "saturated_share"}``; saturated_share is the fraction of entries of hs with |h| > 0.99,
+    None unless the activation is tanh and hs is given.
+    """
+    check_activation(activation)
+    W = np.asarray(params.get("W_hh") if isinstance(params, dict) else None, dtype=np.float64)
+    if W.ndim != 2 or W.shape[0] != W.shape[1] or W.size == 0:
+        raise InvalidInputError(f"params must hold a square W_hh (H, H), got shape {W.shape}")
+    radius = float(np.max(np.abs(np.linalg.eigvals(W))))
+    sigma = float(np.linalg.norm(W, 2))  # largest singular value
+    share = None
+    if activation == "tanh" and hs is not None:
+        hs = np.asarray(hs)
+        share = float(np.count_nonzero(np.abs(hs) > SATURATION) / hs.size) if hs.size else None
+    return {"spectral_radius": radius, "max_singular_value": sigma, "saturated_share": share}
+
+
+def bias_for_mode(
+    params: dict,
+    x: np.ndarray,
+    targets: np.ndarray,
+    mask: np.ndarray,
+    truncation: str | Truncation,
+    *,
+    activation: str,
+    loss: str,
+    h0: np.ndarray | None = None,
+) -> dict:
+    """:func:`truncation_bias` of ``truncation``'s gradient against ``full`` on one batch.
+
+    Both gradients come from ``bptt.loss_and_gradients`` on the same weights and inputs
+    (no update, no randomness: params and inputs are read, never written). The result of
+    :func:`truncation_bias` gets a ``"mode"`` key with the canonical spec string.
+    """
+    tr = parse(truncation)
+    kw = {"activation": activation, "loss": loss, "h0": h0}
+    _, g_mode, _ = loss_and_gradients(params, x, targets, mask, tr, **kw)
+    _, g_full, _ = loss_and_gradients(params, x, targets, mask, "full", **kw)
+    out = truncation_bias({k: g_mode[k] for k in PARAM_NAMES}, {k: g_full[k] for k in PARAM_NAMES})
+    out["mode"] = str(tr)
+    return out

@@ -1,0 +1,249 @@
+"""The training loop: drives the core and a task and reports through events.
+
+It never prints and never writes files (STYLE habit 5): ``Trainer.run`` yields one
+``Event`` per optimizer update, held-out evaluation, diagnostic pass and finished step, and
+the caller (``cli.py`` with ``runs.py`` and ``render.py``) decides what to keep and show.
+
+Counters: ``step`` counts training batches (``train.steps`` of them); ``update`` counts
+optimizer updates. With ``update_every: sequence`` they move together; with ``chunk`` a
+batch of T steps makes one update per chunk. A run can stop only between steps, so a
+checkpoint always sits on a step boundary and resuming from it is exact: training data are
+a pure function of (seed, step) and nothing else carries randomness.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from bptt_cli.config import Config, Expectation, parse_expectation
+from bptt_cli.core import clipping, optim
+from bptt_cli.core.bptt import Workspace, chunked_pass, loss_and_gradients
+from bptt_cli.core.errors import DivergedError, InvalidInputError
+from bptt_cli.core.losses import LOSSES
+from bptt_cli.core.model import RNN, forward
+from bptt_cli.core.truncation import parse
+from bptt_cli.tasks import Batch, Task, make_task
+
+
+@dataclass
+class Event:
+    """What the loop reports: ``kind`` is update, eval, diagnostics, step, diverged or target."""
+
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly; saved in checkpoints."""
+
+    params: dict[str, np.ndarray]
+    optimizer: optim.Optimizer
+    step: int = 0  # training batches completed
+    update: int = 0  # optimizer updates completed
+    h: np.ndarray | None = None  # hidden state carried across batches (stateful tasks)
+    elapsed: float = 0.0  # training seconds in earlier sessions of this run
+    next_diagnostics: int = 0  # the update count at which the next diagnostic pass is due
+    best: dict[str, float] = field(default_factory=dict)  # best eval metric values so far
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"param/{k}": v for k, v in self.params.items()}
+        out.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        out["step"] = np.array(self.step, dtype=np.int64)
+        out["update"] = np.array(self.update, dtype=np.int64)
+        out["elapsed"] = np.array(self.elapsed, dtype=np.float64)
+        out["next_diagnostics"] = np.array(self.next_diagnostics, dtype=np.int64)
+        for k, v in self.best.items():
+            out[f"best/{k}"] = np.array(v, dtype=np.float64)
+        if self.h is not None:
+            out["h"] = self.h
+        return out
+
+
+class Trainer:
+    """Builds the task, model and optimizer of a config and runs its training loop."""
+
+    def __init__(self, cfg: Config, *, task: Task | None = None) -> None:
+        self.cfg = cfg
+        self.dtype = np.dtype(cfg.model.dtype)
+        self.task = task or make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=self.dtype)
+        self.truncation = parse(cfg.truncation.spec)
+        self.chunked = cfg.truncation.update == "chunk"
+        self.target: Expectation | None = parse_expectation(cfg.train.target) if cfg.train.target else None
+        self.workspace = Workspace()
+        self._eval_batch: Batch | None = None
+
+    # -- state ------------------------------------------------------------------------
+    def initial_state(self) -> TrainState:
+        m = self.cfg.model
+        model = RNN.init(
+            self.task.n_in,
+            m.hidden,
+            self.task.n_out,
+            activation=m.activation,
+            init=m.init,
+            spectral_radius=m.spectral_radius,
+            seed=self.cfg.seed,
+            dtype=self.dtype,
+        )
+        return TrainState(model.params, self._optimizer())
+
+    def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> TrainState:
+        """Rebuild a TrainState from ``TrainState.to_arrays`` output (a checkpoint)."""
+        try:
+            params = {k[len("param/") :]: np.array(v) for k, v in arrays.items() if k.startswith("param/")}
+            opt = self._optimizer()
+            opt.load_state_dict({k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")})
+            fresh = self.initial_state().params
+            for k, v in fresh.items():
+                if k not in params or params[k].shape != v.shape or params[k].dtype != v.dtype:
+                    raise InvalidInputError(f"checkpoint parameter {k} does not match the run's config")
+            return TrainState(
+                params=params,
+                optimizer=opt,
+                step=int(arrays["step"]),
+                update=int(arrays["update"]),
+                h=np.array(arrays["h"]) if "h" in arrays else None,
+                elapsed=float(arrays["elapsed"]),
+                next_diagnostics=int(arrays["next_diagnostics"]),
+                best={k[len("best/") :]: float(v) for k, v in arrays.items() if k.startswith("best/")},
+            )
+        except KeyError as e:
+            raise InvalidInputError(f"checkpoint is missing {e.args[0]!r}") from None
+
+    def _optimizer(self) -> optim.Optimizer:
+        return optim.make(self.cfg.optimizer.name, **self.cfg.optimizer.hyper())
+
+    # -- evaluation -------------------------------------------------------------------
+    @property
+    def eval_batch(self) -> Batch:
+        if self._eval_batch is None:
+            self._eval_batch = self.task.eval_batch(self.cfg.train.eval_size)
+        return self._eval_batch
+
+    def evaluate(self, params: dict) -> dict[str, float]:
+        """Held-out loss and the task's metrics, from a zero initial state."""
+        b = self.eval_batch
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            _, y = forward(params, b.x, activation=self.cfg.model.activation)
+            loss, _ = LOSSES[self.task.loss](y, b.targets, b.mask)
+        return {"loss": loss, **self.task.metrics(y, b)}
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self, state: TrainState) -> Iterator[Event]:
+        """Train from ``state`` (mutated in place) to ``train.steps``, yielding events.
+
+        Stops early with a ``diverged`` event (NaN/Inf loss or gradient; the parameters
+        are those of the last finite update) or a ``target`` event (``train.target`` met).
+        """
+        cfg = self.cfg.train
+        act, loss_kind = self.cfg.model.activation, self.task.loss
+        started = time.perf_counter() - state.elapsed
+
+        def clock() -> float:
+            return time.perf_counter() - started
+
+        for step in range(state.step, cfg.steps):
+            batch = self.task.train_batch(step, cfg.batch_size)
+            h0 = state.h if self.task.stateful else None
+            if cfg.diagnostics_every and state.update >= state.next_diagnostics:
+                yield Event("diagnostics", self._diagnostics(state, batch, h0, step + 1))
+                state.next_diagnostics = (state.update // cfg.diagnostics_every + 1) * cfg.diagnostics_every
+            records: list[dict] = []
+
+            def apply(chunk: int, loss: float, grads: dict) -> None:
+                grads, rec = clipping.clip(grads, self.cfg.clip.mode, self.cfg.clip.threshold)
+                state.optimizer.step(state.params, grads)
+                state.update += 1
+                records.append(
+                    {
+                        "step": step + 1,
+                        "update": state.update,
+                        "chunk": chunk,
+                        "loss": loss,
+                        "grad_norm": rec.norm_before,
+                        "clipped_norm": rec.norm_after,
+                        "clipped": rec.clipped,
+                        "grad_norms": rec.param_norms,
+                        "lr": state.optimizer.lr,
+                        "time": clock(),
+                    }
+                )
+
+            try:
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    # The engine reports non-finite values as DivergedError; numpy's warnings would only be noise.
+                    if self.chunked:
+                        h_last = chunked_pass(
+                            state.params, batch.x, batch.targets, batch.mask, self.truncation, apply,
+                            activation=act, loss=loss_kind, h0=h0,
+                        )  # fmt: skip
+                    else:
+                        loss, grads, h_last = loss_and_gradients(
+                            state.params, batch.x, batch.targets, batch.mask, self.truncation,
+                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
+                        )  # fmt: skip
+                        apply(0, loss, grads)
+            except DivergedError as e:
+                for r in records:
+                    yield Event("update", r)
+                yield Event("diverged", {"step": step + 1, "update": state.update + 1, "what": e.what, "time": clock()})
+                state.elapsed = clock()
+                return
+            for r in records:
+                yield Event("update", r)
+            state.step = step + 1
+            if self.task.stateful:
+                state.h = h_last
+            state.elapsed = clock()
+            yield Event("step", {"step": state.step, "update": state.update})
+
+            last = state.step == cfg.steps
+            if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
+                metrics = self.evaluate(state.params)
+                self._track_best(state, metrics)
+                yield Event("eval", {"step": state.step, "update": state.update, **metrics, "time": clock()})
+                if self._target_met(metrics, records):
+                    yield Event("target", {"step": state.step, "update": state.update, "target": str(self.target)})
+                    return
+            elif self.target is not None and self.target.metric.startswith("train.") and self._target_met({}, records):
+                yield Event("target", {"step": state.step, "update": state.update, "target": str(self.target)})
+                return
+
+    def _track_best(self, state: TrainState, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            lower_better = k in ("loss", "bpc", "error_rate")
+            old = state.best.get(k)
+            if old is None or (v < old if lower_better else v > old):
+                state.best[k] = float(v)
+
+    def _target_met(self, eval_metrics: dict, records: list[dict]) -> bool:
+        t = self.target
+        if t is None:
+            return False
+        scope, _, key = t.metric.partition(".")
+        source = eval_metrics if scope == "eval" else (records[-1] if records else {})
+        value = source.get(key)
+        return isinstance(value, (int, float)) and t.check(float(value))
+
+    def _diagnostics(self, state: TrainState, batch: Batch, h0, step: int) -> dict:
+        """Gradient flow by lag, truncation bias and spectrum on this batch and these weights.
+
+        Reads the parameters and batch only (no RNG, separate buffers), so a run with
+        diagnostics on follows exactly the trajectory of the same run with them off.
+        """
+        from bptt_cli.core import diagnostics as diag
+
+        act, loss_kind = self.cfg.model.activation, self.task.loss
+        args = (state.params, batch.x, batch.targets, batch.mask)
+        flow = diag.gradient_flow(
+            *args, activation=act, loss=loss_kind, h0=h0, max_lag=self.cfg.diagnostics.max_lag
+        )
+        bias = diag.bias_for_mode(*args, self.truncation, activation=act, loss=loss_kind, h0=h0)
+        hs, _ = forward(state.params, batch.x, activation=act, h0=h0)
+        spec = diag.spectrum(state.params, hs=hs[1:], activation=act)
+        return {"step": step, "update": state.update, "flow": flow, "bias": bias, "spectrum": spec}

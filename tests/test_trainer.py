@@ -1,0 +1,183 @@
+"""The training loop (``bptt_cli.trainer``): the events it yields, its two counters, evaluation
+cadence, early stopping on a target, divergence, and diagnostics that do not change training."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bptt_cli.config import load_config
+from bptt_cli.trainer import Trainer
+
+from conftest import SMALL, SMALL_TEXT, strip_time  # noqa: E402  (tests/ is on sys.path under pytest)
+
+
+def _events(*overrides: str):
+    cfg = load_config(None, [*SMALL, *overrides])
+    trainer = Trainer(cfg)
+    state = trainer.initial_state()
+    return cfg, state, list(trainer.run(state))
+
+
+def _of(events, kind: str) -> list[dict]:
+    return [e.data for e in events if e.kind == kind]
+
+
+def test_sequence_mode_makes_one_update_per_step_with_every_field():
+    cfg, state, events = _events("train.steps=5")
+    updates = _of(events, "update")
+    assert [u["step"] for u in updates] == [1, 2, 3, 4, 5]
+    assert [u["update"] for u in updates] == [1, 2, 3, 4, 5]
+    assert [s["step"] for s in _of(events, "step")] == [1, 2, 3, 4, 5]
+    assert state.step == 5 and state.update == 5
+    params = set(state.params)
+    for u in updates:
+        assert {"step", "update", "chunk", "loss", "grad_norm", "clipped_norm", "clipped", "grad_norms", "lr", "time"} <= set(u)
+        assert set(u["grad_norms"]) == params
+        assert math.isfinite(u["loss"]) and u["grad_norm"] >= u["clipped_norm"] - 1e-6
+        assert isinstance(u["clipped"], bool)
+        # the global norm is the 2-norm of the per-parameter norms
+        assert u["grad_norm"] == pytest.approx(math.sqrt(sum(v * v for v in u["grad_norms"].values())), rel=1e-5)
+        assert u["lr"] == cfg.optimizer.lr
+    times = [u["time"] for u in updates]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("spec, length, per_step", [("tbptt:4:8", 12, 3), ("subsequence:3", 12, 4), ("tbptt:5:5", 12, 3)])
+def test_chunk_mode_makes_one_update_per_chunk(spec, length, per_step):
+    steps = 3
+    cfg, state, events = _events(f"truncation.mode={spec}", "truncation.update_every=chunk", f"task.length={length}", f"train.steps={steps}")
+    updates = _of(events, "update")
+    assert len(updates) == steps * per_step  # ceil(T / K1) chunks, the last one maybe short
+    assert [u["update"] for u in updates] == list(range(1, steps * per_step + 1))
+    assert Counter(u["step"] for u in updates) == {s: per_step for s in range(1, steps + 1)}
+    assert [u["chunk"] for u in updates] == list(range(per_step)) * steps
+    assert state.step == steps and state.update == steps * per_step
+    # each step event carries the update count reached so far
+    assert [(s["step"], s["update"]) for s in _of(events, "step")] == [(i, i * per_step) for i in range(1, steps + 1)]
+
+
+def test_chunk_mode_skips_chunks_without_a_supervised_step():
+    # delay 5 with chunks of 4: chunk 0 (t = 0..3) has no target, so 2 updates per step, not 3
+    _, state, events = _events("truncation.mode=tbptt:4:8", "task.length=12", "task.delay=5", "train.steps=2")
+    updates = _of(events, "update")
+    assert [u["chunk"] for u in updates] == [1, 2, 1, 2]
+    assert [u["update"] for u in updates] == [1, 2, 3, 4]
+
+
+def test_auto_update_is_per_sequence_for_k_truncated():
+    _, state, events = _events("truncation.mode=k_truncated:3", "train.steps=3")
+    assert [u["update"] for u in _of(events, "update")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("every, steps, expected", [(3, 10, [3, 6, 9, 10]), (0, 5, [5]), (2, 4, [2, 4]), (1, 3, [1, 2, 3])])
+def test_eval_cadence_every_n_steps_and_always_at_the_end(every, steps, expected):
+    _, state, events = _events(f"train.eval_every={every}", f"train.steps={steps}")
+    evals = _of(events, "eval")
+    assert [e["step"] for e in evals] == expected
+    for e in evals:
+        assert {"step", "update", "loss", "accuracy", "time"} <= set(e)
+        assert 0.0 <= e["accuracy"] <= 1.0
+    # an eval comes right after the step it measures
+    kinds = [(e.kind, e.data.get("step")) for e in events if e.kind in ("step", "eval")]
+    for s in expected:
+        assert kinds[kinds.index(("eval", s)) - 1] == ("step", s)
+
+
+def test_best_tracks_the_best_eval_so_far():
+    _, state, events = _events("train.eval_every=1", "train.steps=6")
+    evals = _of(events, "eval")
+    assert state.best["loss"] == pytest.approx(min(e["loss"] for e in evals))
+    assert state.best["accuracy"] == pytest.approx(max(e["accuracy"] for e in evals))
+
+
+def test_an_eval_target_stops_the_run_early():
+    _, state, events = _events("train.target=eval.accuracy>=0.0", "train.eval_every=2", "train.steps=8")
+    assert events[-1].kind == "target"
+    assert events[-1].data["step"] == 2 and events[-1].data["target"] == "eval.accuracy>=0.0"
+    assert state.step == 2
+    assert [u["step"] for u in _of(events, "update")] == [1, 2]
+
+
+def test_a_train_target_is_checked_after_every_step():
+    _, state, events = _events("train.target=train.loss<1000", "train.eval_every=5", "train.steps=8")
+    assert [e.kind for e in events][-1] == "target"
+    assert state.step == 1
+    assert _of(events, "eval") == []
+
+
+def test_an_unreachable_target_runs_every_step():
+    _, state, events = _events("train.target=eval.accuracy>1.5", "train.steps=4")
+    assert state.step == 4
+    assert _of(events, "target") == []
+
+
+def test_divergence_stops_at_once_with_finite_records():
+    diverging = ("clip.mode=none", "model.activation=identity", "model.spectral_radius=1.5",
+                 "optimizer.name=sgd", "optimizer.lr=0.1", "train.steps=50")  # fmt: skip
+    _, state, events = _events(*diverging)
+    assert events[-1].kind == "diverged"
+    d = events[-1].data
+    assert d["what"] in ("loss",) or d["what"].startswith("gradient")
+    assert d["step"] == state.step + 1  # the step that blew up did not complete
+    for u in _of(events, "update"):
+        assert all(math.isfinite(u[k]) for k in ("loss", "grad_norm", "clipped_norm"))
+    assert all(np.isfinite(p).all() for p in state.params.values())
+
+
+def test_clipping_is_reported_per_update():
+    _, _, events = _events("clip.mode=global_norm", "clip.threshold=1e-4", "train.steps=3")
+    for u in _of(events, "update"):
+        assert u["clipped"] is True
+        assert u["clipped_norm"] == pytest.approx(1e-4, rel=1e-3)
+        assert u["grad_norm"] > u["clipped_norm"]
+
+
+def test_diagnostics_do_not_change_the_trajectory():
+    pytest.importorskip("bptt_cli.core.diagnostics", reason="bptt_cli/core/diagnostics.py is not written yet")
+    _, s_off, off = _events("train.diagnostics_every=0", "train.steps=5", "truncation.mode=k_truncated:3")
+    _, s_on, on = _events("train.diagnostics_every=1", "train.steps=5", "truncation.mode=k_truncated:3")
+    assert strip_time(_of(on, "update")) == strip_time(_of(off, "update"))
+    assert strip_time(_of(on, "eval")) == strip_time(_of(off, "eval"))
+    for k in s_off.params:
+        np.testing.assert_array_equal(s_on.params[k], s_off.params[k])
+    diags = _of(on, "diagnostics")
+    assert [d["step"] for d in diags] == [1, 2, 3, 4, 5]
+    assert {"flow", "bias", "spectrum"} <= set(diags[0])
+    assert _of(off, "diagnostics") == []
+
+
+def test_diagnostics_every_n_updates():
+    pytest.importorskip("bptt_cli.core.diagnostics", reason="bptt_cli/core/diagnostics.py is not written yet")
+    _, _, events = _events("train.diagnostics_every=4", "train.steps=9")
+    assert [d["update"] for d in _of(events, "diagnostics")] == [0, 4, 8]
+
+
+def test_checkpoint_state_round_trips_through_arrays():
+    cfg = load_config(None, [*SMALL_TEXT, "train.steps=3"])
+    trainer = Trainer(cfg)
+    state = trainer.initial_state()
+    list(trainer.run(state))
+    back = Trainer(cfg).state_from_arrays(state.to_arrays())
+    assert (back.step, back.update, back.next_diagnostics) == (state.step, state.update, state.next_diagnostics)
+    assert back.best == state.best
+    np.testing.assert_array_equal(back.h, state.h)  # the text task's carried hidden state
+    for k in state.params:
+        np.testing.assert_array_equal(back.params[k], state.params[k])
+    assert back.optimizer.t == state.optimizer.t
+
+
+def test_a_checkpoint_of_another_model_is_refused():
+    from bptt_cli.core.errors import InvalidInputError
+
+    small = Trainer(load_config(None, [*SMALL, "model.hidden=8"]))
+    big = Trainer(load_config(None, [*SMALL, "model.hidden=9"]))
+    with pytest.raises(InvalidInputError, match="does not match"):
+        big.state_from_arrays(small.initial_state().to_arrays())
+    arrays = small.initial_state().to_arrays()
+    del arrays["step"]
+    with pytest.raises(InvalidInputError, match="missing 'step'"):
+        small.state_from_arrays(arrays)
