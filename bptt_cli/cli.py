@@ -33,7 +33,8 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-out = Console(highlight=False)
+# A pipe or log file has no width of its own; 120 columns keeps the wide tables whole there.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False)
 
 
@@ -389,6 +390,55 @@ def _print_compare(result: dict, sort: str | None) -> None:
     if any(r.get("status") != "completed" for r in result["variants"]) or len(result["variants"]) <= 12:
         con.print(render.variants_table(result))
     con.print(f"results: {result['path']}/compare.json, compare.csv", markup=False, highlight=False)
+
+
+@app.command()
+def gradcheck(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (omitted: the quickstart)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Truncation specs to check (default: the config's mode and full, k_truncated, subsequence, tbptt)."),
+    steps: int = typer.Option(12, "--steps", min=1, help="Time steps of the slice checked."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
+) -> None:
+    """Check the engine's gradients on your config: finite differences and the brute-force reference, in float64."""
+    from bptt_cli import compare as cmp
+    from bptt_cli import config as cfgmod
+    from bptt_cli.core.gradcheck import run_gradcheck
+    from bptt_cli.trainer import gradcheck_slice
+
+    with user_errors():
+        cfg = cfgmod.load_config(config, set_)
+        params, x, targets, mask, act, loss = gradcheck_slice(cfg, max_steps=steps)
+        T = x.shape[0]
+        if modes:
+            specs = cmp.parse_modes(modes)
+        else:
+            k = max(1, min(3, T - 1))
+            specs = list(dict.fromkeys([cfg.truncation.spec, "full", f"k_truncated:{k}", f"subsequence:{k}", f"tbptt:{k}:{2 * k}"]))
+        rows = run_gradcheck(params, x, targets, mask, specs, activation=act, loss=loss)
+    if as_json:
+        out.print_json(json.dumps(runs._jsonable(rows)))
+    else:
+        out.print(render.gradcheck_table(rows, title=f"Gradient check: {cfg.task.name}, {act}, H={cfg.model.hidden}, T={T}, B={x.shape[1]}, float64"))
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        for r in bad:
+            err.print(f"gradient check failed: {r['check']} {r['mode']} {r['param']}: relative error {r['rel_error']:.3g} > {r['tolerance']:.0e}", markup=False)
+        raise typer.Exit(EXIT_FAILED)
+    err.print(f"all {len(rows)} checks passed")
+
+
+@app.command()
+def plot(
+    path: Path = typer.Argument(..., help="A run directory or a compare directory."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Image to write (default: PATH/plot.png)."),
+) -> None:
+    """Plot loss, gradient norm, gradient flow by lag and truncation bias (needs the plot extra)."""
+    from bptt_cli import plot as plotmod
+
+    with user_errors():
+        written = plotmod.plot(path, out_file or Path(path) / "plot.png")
+    err.print(f"wrote {written}", markup=False)
 
 
 def main() -> None:

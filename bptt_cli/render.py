@@ -130,7 +130,7 @@ def eval_table(evals: list[dict], *, title: str = "Held-out evaluation") -> Tabl
     return table
 
 
-def flow_table(diag: dict, *, title: str, width: int = 30) -> Table:
+def flow_table(diag: dict, *, title: str, width: int = 30, max_rows: int = 16) -> Table:
     """Gradient norm ||dL_t/dh_{t-j}|| by lag j, with a log-scale bar."""
     flow = diag.get("flow", {})
     lags, norms = flow.get("lags", []), flow.get("norms", [])
@@ -141,7 +141,10 @@ def flow_table(diag: dict, *, title: str, width: int = 30) -> Table:
     finite = [math.log10(n) for n in norms if n and n > 0 and math.isfinite(n)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     span = hi - lo or 1.0
-    for j, n in zip(lags, norms):
+    shown = set(pick_rows(len(lags), max(1, math.ceil(len(lags) / max_rows))))
+    for i, (j, n) in enumerate(zip(lags, norms)):
+        if i not in shown:
+            continue
         bar = ""
         if n and n > 0 and math.isfinite(n):
             bar = "█" * max(1, int(round((math.log10(n) - lo) / span * (width - 1))) + 1)
@@ -397,4 +400,29 @@ def compare_progress_table(status: dict[str, str], steps: dict[str, int], total:
     table.add_column("steps", justify="right")
     for vid, st in status.items():
         table.add_row(vid, Text(st, style=STATUS_STYLE.get(st, "")), f"{steps.get(vid, 0)}/{total.get(vid, '?')}")
+    return table
+
+
+def gradcheck_table(rows: list[dict], *, title: str) -> Table:
+    """Relative error per check, mode and parameter; failures in red."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    params = list(dict.fromkeys(r["param"] for r in rows))
+    table.add_column("check", no_wrap=True)
+    table.add_column("mode", no_wrap=True)
+    for p in params:
+        table.add_column(p, justify="right", no_wrap=True)
+    table.add_column("tolerance", justify="right", no_wrap=True)
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in rows:
+        groups.setdefault((r["check"], r["mode"]), {})[r["param"]] = r
+    for (check, mode), by_param in groups.items():
+        cells = []
+        for p in params:
+            r = by_param.get(p)
+            if r is None:
+                cells.append("")
+            else:
+                cells.append(Text(f"{r['rel_error']:.1e}", style="" if r["ok"] else "bold red"))
+        tol = next(iter(by_param.values()))["tolerance"]
+        table.add_row(check, mode, *cells, f"{tol:.0e}")
     return table

@@ -247,3 +247,26 @@ class Trainer:
         hs, _ = forward(state.params, batch.x, activation=act, h0=h0)
         spec = diag.spectrum(state.params, hs=hs[1:], activation=act)
         return {"step": step, "update": state.update, "flow": flow, "bias": bias, "spectrum": spec}
+
+
+def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
+    """A small float64 problem from the configured task and model, for ``bptt gradcheck``.
+
+    The last ``max_steps`` steps of the first training batch (the end keeps the loss of
+    tasks that score only their final step), at most ``max_batch`` sequences, and freshly
+    initialised weights of the configured shape, activation and init.
+    Returns (params, x, targets, mask, activation, loss).
+    """
+    task = make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=np.float64)
+    b = task.train_batch(0, min(cfg.train.batch_size, max_batch))
+    T = b.x.shape[0]
+    start = max(0, T - max_steps)
+    x, targets, mask = b.x[start:], b.targets[start:], b.mask[start:]
+    if not mask.any():
+        mask = np.ones_like(mask)  # a slice with no scored step still has gradients worth checking
+    m = cfg.model
+    model = RNN.init(
+        task.n_in, m.hidden, task.n_out,
+        activation=m.activation, init=m.init, spectral_radius=m.spectral_radius, seed=cfg.seed, dtype=np.float64,
+    )  # fmt: skip
+    return model.params, x, targets, mask, m.activation, task.loss

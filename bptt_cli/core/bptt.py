@@ -21,18 +21,24 @@ dW_hh = A^T [h_{-1} .. h_{T-2}], dW_xh = A^T x, db_h = sum A, taken after the sw
 How it is vectorised
 --------------------
 Every mode is "chunks of C steps whose losses look back W steps from the chunk's last step"
-(see ``truncation.py``). Chain c starts at the chunk's last step e_c = (c+1)C - 1 and walks
-back; at lag j all live chains sit at steps e_c - j, which are evenly spaced C apart, so a
-strided view holds them and ONE batched matmul advances all of them:
+(see ``truncation.py``). Two loops cover them, and Python never iterates over (t, s) pairs:
+
+    W == C   full (C = T), subsequence:K, tbptt:K:K
+             ONE backward chain t = T-1 .. 0, cut at every chunk start: a chunk's windows all
+             begin at its first step, so the adjoint leaving it, dL/dh_{start-1}, is dropped
+             instead of propagated. Each step is on exactly one window.
+
+    W > C    k_truncated:K (C = 1, W = K + 1), tbptt:K1:K2 with K2 > K1 (C = K1, W = K2)
+             windows overlap, so every chunk needs a chain of its own. Chain c starts at the
+             chunk's last step e_c = (c+1)C - 1 and walks back; at lag j all live chains sit
+             at steps e_c - j, evenly spaced C apart, so a strided view holds them and ONE
+             batched matmul advances all of them:
 
     lag j:   chains c = j//C .. nC-1   at steps s = e_c - j      (chunk losses injected while j < C)
-    full:            C = T,  one chain,  T lags      (the classic backward loop)
-    subsequence:K    C = K,  T/K chains, K lags      (each step is on exactly one chain)
-    k_truncated:K    C = 1,  T chains,   K+1 lags    (Python iterates over lags, not over t)
-    tbptt:K1:K2      C = K1, T/K1 chains, K2 lags
 
-So Python runs W iterations (not T*W), each a matmul of up to T*B rows. The time axis is
-padded to a multiple of C with zero losses so the views stay regular.
+So Python runs T iterations (W == C) or W iterations (W > C), each a handful of NumPy calls
+on preallocated buffers. In the lag sweep the time axis is padded to a multiple of C with
+zero losses so the views stay regular.
 """
 
 from __future__ import annotations
@@ -154,17 +160,44 @@ def _check_finite_grads(grads: dict) -> None:
             raise DivergedError(f"gradient {k}")
 
 
-def _adjoints(dh: np.ndarray, dphi: np.ndarray | None, W_hh: np.ndarray, C: int, W: int, ws: Workspace) -> np.ndarray:
-    """A (T, B, H): the pre-activation adjoints summed over every loss whose window covers each step.
+def _chain_adjoints(buf: np.ndarray, hs: np.ndarray, W_hh: np.ndarray, C: int, activation: str, ws: Workspace) -> None:
+    """W == C: the classic backward loop over t = T-1 .. 0, cut at every chunk start.
+
+    buf (T, B, H) holds the direct terms dL/dh_t on entry and the adjoints A_t on return: step
+    t reads dh_{t-1} and writes A_t over dh_t, which step t+1 has already added in. hs (T+1, B, H)
+    are the states (hs[t+1] = h_t); phi'(a_t) is computed from h_t inside the loop, while the
+    step's rows are in cache, instead of as one more (T, B, H) array.
+    """
+    T, B, H = buf.shape
+    g = ws.get("g", (B, H), buf.dtype)  # dL/dh_t summed over the live windows
+    dphi = ws.get("dphi_t", (B, H), buf.dtype)
+    g[...] = buf[T - 1]
+    for t in range(T - 1, -1, -1):
+        da = buf[t]  # A_t = phi'(a_t) * dL/dh_t
+        if _dphi_into(activation, hs[t + 1], dphi) is None:
+            da[...] = g
+        else:
+            np.multiply(g, dphi, out=da)
+        if t == 0:
+            break
+        if t % C == 0:  # chunk start: h_{t-1} is a constant for this chunk's losses
+            g[...] = buf[t - 1]
+        else:
+            np.matmul(da, W_hh, out=g)  # dL/dh_{t-1} = dL/da_t @ W_hh
+            g += buf[t - 1]
+
+
+def _lag_adjoints(dh: np.ndarray, dphi: np.ndarray | None, W_hh: np.ndarray, C: int, W: int, ws: Workspace) -> np.ndarray:
+    """W > C: A (Tp, B, H), the pre-activation adjoints summed over every window covering each step.
 
     dh (Tp, B, H): dL/dh_t through the output alone (the direct term), rows T.. Tp-1 zero;
     dphi (Tp, B, H): phi'(a_t), or None for identity; Tp = nC * C. See the module docstring.
     """
     Tp, B, H = dh.shape
     nC = Tp // C
-    A = ws.get("A", (Tp, B, H), dh.dtype, zero=W > C)
+    A = ws.get("A", (Tp, B, H), dh.dtype, zero=True)
     G = ws.get("G", (nC, B, H), dh.dtype)
-    D = ws.get("D", (nC, B, H), dh.dtype) if W > C else None
+    D = ws.get("D", (nC, B, H), dh.dtype)
     G[...] = dh[C - 1 :: C]  # lag 0: each chain starts at its chunk's last step
     lags = min(W, Tp)
     for j in range(lags):
@@ -172,24 +205,16 @@ def _adjoints(dh: np.ndarray, dphi: np.ndarray | None, W_hh: np.ndarray, C: int,
         p0 = (lo + 1) * C - 1 - j
         at = slice(p0, p0 + (nC - lo) * C, C)  # the steps the live chains are at, (nC-lo, B, H)
         g = G[lo:]
-        if W == C:
-            # Chunks partition time, so each step is on exactly one chain: write, don't add.
-            da = A[at]
-            if dphi is None:
-                da[...] = g
-            else:
-                np.multiply(g, dphi[at], out=da)
+        if dphi is None:
+            da = g
         else:
-            if dphi is None:
-                da = g
-            else:
-                da = D[lo:]
-                np.multiply(g, dphi[at], out=da)
-            A[at] += da
+            da = D[lo:]
+            np.multiply(g, dphi[at], out=da)
+        A[at] += da
         if j + 1 == lags:
             break
         lo2 = (j + 1) // C
-        if da is g:  # identity with overlapping windows: G is the matmul's input, write into D
+        if da is g:  # identity: G is the matmul's input, write into D
             np.matmul(g[lo2 - lo :], W_hh, out=D[lo2:])
             G, D = D, G
         else:
@@ -228,7 +253,8 @@ def loss_and_gradients(
     x (T, B, I); targets (T, B) int for cross_entropy or (T, B, O) for mse; mask (T, B);
     h0 (B, H) or None for zeros. Returns (loss, grads with the params' keys and shapes,
     h_last (B, H)). Raises InvalidInputError for bad inputs and DivergedError when the loss
-    or a gradient is not finite.
+    or a gradient is not finite. Pass the same ``workspace`` to calls of one shape to reuse
+    the work buffers; the returned gradients are fresh arrays that later calls never touch.
     """
     tr = parse(truncation)
     check_activation(activation)
@@ -236,38 +262,50 @@ def loss_and_gradients(
     ws = workspace if workspace is not None else Workspace()
     T, B, I = x.shape
     H = params["W_hh"].shape[0]
+    O = params["W_hy"].shape[0]
     dt = x.dtype
 
     hs = ws.get("hs", (T + 1, B, H), dt)  # hs[t+1] = h_t
     hs[0] = 0 if h0 is None else h0
-    forward_into(params, x, hs, ws.get("xw", (T, B, H), dt), activation)
-    y = outputs(params, hs)  # (T, B, O)
-    value, dy = LOSSES[loss](y, targets, mask)
+    # One (T, B, H) buffer holds in turn the input projections, the direct terms dL/dh_t and,
+    # for the chain, the adjoints A_t: each is dead once the next is written.
+    buf = ws.get("buf", (T, B, H), dt)
+    forward_into(params, x, hs, buf, activation)
+    h_out = hs[1:].reshape(T * B, H)
+    # Outputs class-major, y (O, T, B), so the loss reduces over contiguous rows (losses.py).
+    y = ws.get("y", (O, T, B), dt)
+    np.matmul(params["W_hy"], h_out.T, out=y.reshape(O, T * B))
+    y += params["b_y"][:, None, None]
+    if loss == "mse":
+        targets = np.moveaxis(targets, -1, 0)  # (O, T, B), a view
+    value, dy = LOSSES[loss](y, targets, mask, axis=0)  # dy (O, T, B)
     if not np.isfinite(value):
         raise DivergedError("loss")
+    dy2 = dy.reshape(O, T * B)
 
     C, W = tr.chunk_and_window(T)
-    Tp = -(-T // C) * C
-    O = y.shape[2]
-    dy2 = dy.reshape(T * B, O)
-    h_out = hs[1:].reshape(T * B, H)
-    # Direct terms dL/dh_t = dL/dy_t @ W_hy for all steps at once; rows past T stay zero.
-    dh = ws.get("dh", (Tp, B, H), dt)
-    np.matmul(dy2, params["W_hy"], out=dh[:T].reshape(T * B, H))
-    dh[T:] = 0  # padding steps carry no loss (the buffer may hold a longer call's values)
-    dphi = ws.get("dphi", (Tp, B, H), dt)
-    if _dphi_into(activation, hs[1:], dphi[:T]) is None:
-        dphi = None
+    if W == C:
+        # Direct terms dL/dh_t = dL/dy_t @ W_hy for all steps at once, then the chain.
+        np.matmul(dy2.T, params["W_hy"], out=buf.reshape(T * B, H))
+        _chain_adjoints(buf, hs, params["W_hh"], C, activation, ws)
+        A = buf.reshape(T * B, H)
     else:
+        Tp = -(-T // C) * C
+        dh = ws.get("dh", (Tp, B, H), dt)
+        dh[T:] = 0  # padding: no losses past T (the buffer may hold a longer sequence's rows)
+        np.matmul(dy2.T, params["W_hy"], out=dh[:T].reshape(T * B, H))
+        dphi = ws.get("dphi", (Tp, B, H), dt)
         dphi[T:] = 0
-    A = _adjoints(dh, dphi, params["W_hh"], C, W, ws)[:T].reshape(T * B, H)
+        if _dphi_into(activation, hs[1:], dphi[:T]) is None:
+            dphi = None
+        A = _lag_adjoints(dh, dphi, params["W_hh"], C, W, ws)[:T].reshape(T * B, H)
 
     grads = {
         "W_xh": A.T @ x.reshape(T * B, I),
         "W_hh": A.T @ hs[:-1].reshape(T * B, H),
         "b_h": A.sum(axis=0),
-        "W_hy": dy2.T @ h_out,
-        "b_y": dy2.sum(axis=0),
+        "W_hy": dy2 @ h_out,
+        "b_y": dy2.sum(axis=1),
     }
     _check_finite_grads(grads)
     return value, grads, hs[T].copy()

@@ -1,0 +1,112 @@
+"""``bptt plot``: matplotlib figures of a run or a compare directory (the ``plot`` extra).
+
+Four panels, each from the run files alone:
+    loss        training loss per update (thin) and held-out loss (markers), per variant
+    grad norm   gradient norm before clipping per update (log scale), the clip threshold dashed
+    flow        mean ||dL_t/dh_{t-j}|| vs lag j (log scale) at the first and last diagnostic pass
+    bias        cosine between the run's gradient and the full-BPTT gradient over training
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bptt_cli import runs
+from bptt_cli.core.errors import BpttError
+
+INSTALL_HINT = 'bptt plot needs matplotlib: pip install -e ".[plot]"'
+
+
+class PlotUnavailable(BpttError):
+    """matplotlib is not installed."""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never needs a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailable(INSTALL_HINT) from None
+    return plt
+
+
+def load_variants(path: Path) -> list[tuple[str, runs.Run]]:
+    """(label, run) for a run directory or for each variant of a compare directory."""
+    from bptt_cli import compare
+
+    path = Path(path)
+    if compare.is_compare_dir(path):
+        variants, _ = compare.read_plan(path)
+        out = [(v.group + (f" s{v.seed}" if len({x.seed for x in variants}) > 1 else ""), path / v.id) for v in variants]
+        return [(label, runs.load_run(p)) for label, p in out if runs.is_run_dir(p)]
+    run = runs.load_run(path)
+    return [(run.summary.get("truncation") or str((run.config.get("truncation") or {}).get("mode", "")), run)]
+
+
+def _per_step(metrics: list[dict]) -> tuple[list[int], list[float], list[float]]:
+    """(steps, mean training loss of each step's updates, an x for every update spread
+    evenly inside its step)."""
+    by_step: dict[int, list[dict]] = {}
+    for m in metrics:
+        by_step.setdefault(m["step"], []).append(m)
+    steps = sorted(by_step)
+    losses = [sum(m["loss"] for m in by_step[s]) / len(by_step[s]) for s in steps]
+    xs = [s - 1 + (i + 1) / len(by_step[s]) for s in steps for i in range(len(by_step[s]))]
+    return steps, losses, xs
+
+
+def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi: int = 100) -> Path:
+    """Write the four-panel figure of ``path`` to ``out`` (PNG, or any format by suffix)."""
+    plt = _pyplot()
+    variants = load_variants(path)
+    if not variants:
+        raise runs.RunError(f"{path} holds no run to plot")
+    fig, axes = plt.subplots(2, 2, figsize=size, dpi=dpi)
+    (ax_loss, ax_norm), (ax_flow, ax_bias) = axes
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    thresholds = set()
+    for i, (label, run) in enumerate(variants):
+        c = colors[i % len(colors)]
+        if run.metrics:
+            steps, losses, xs = _per_step(run.metrics)
+            ax_loss.plot(steps, losses, color=c, lw=0.8, alpha=0.8, label=label)
+            ax_norm.plot(xs, [m["grad_norm"] for m in run.metrics], color=c, lw=0.8, alpha=0.8, label=label)
+        if run.eval:
+            ax_loss.plot([e["step"] for e in run.eval], [e["loss"] for e in run.eval], "o--", color=c, ms=3, lw=0.8)
+        clip = run.config.get("clip") or {}
+        if clip.get("mode") not in (None, "none") and clip.get("threshold") is not None:
+            thresholds.add((clip["mode"], float(clip["threshold"])))
+        if run.diagnostics:
+            firsts = [(run.diagnostics[0], "-")]
+            if len(run.diagnostics) > 1:
+                firsts.append((run.diagnostics[-1], ":"))
+            for d, style in firsts:
+                flow = d.get("flow") or {}
+                pts = [(j, n) for j, n in zip(flow.get("lags", []), flow.get("norms", [])) if n and n > 0]
+                if pts:
+                    ax_flow.plot(*zip(*pts), style, color=c, label=f"{label} (step {d.get('step')})")
+            bias = [(d["step"], d["bias"]["cosine"]) for d in run.diagnostics if (d.get("bias") or {}).get("cosine") is not None]
+            if bias:
+                ax_bias.plot(*zip(*bias), "o-", color=c, ms=3, label=label)
+    for mode, t in sorted(thresholds):
+        ax_norm.axhline(t, color="k", ls="--", lw=1, label=f"clip {mode} = {t:g}")
+    # x is the training step (batches seen), so modes that update per chunk line up with the rest
+    ax_loss.set(title="Loss (line: train, markers: held-out)", xlabel="step (training batches)", ylabel="loss")
+    ax_norm.set(title="Gradient norm before clipping, per update", xlabel="step (training batches)", ylabel="||g||", yscale="log")
+    ax_flow.set(title="Gradient flow: mean ||dL_t/dh_{t-j}||", xlabel="lag j", ylabel="norm", yscale="log")
+    ax_bias.set(title="Truncation bias: cosine to the full-BPTT gradient", xlabel="step (training batches)", ylabel="cosine")
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        elif ax in (ax_flow, ax_bias):
+            ax.text(0.5, 0.5, "no diagnostics logged\n(set train.diagnostics_every)", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(str(path), fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
