@@ -385,8 +385,9 @@ def _live(enabled: bool):
 
 def _print_compare(result: dict, sort: str | None) -> None:
     # The table is wide; a log file or pipe has no width to respect, so give it room.
-    con = out if out.is_terminal else Console(width=200, highlight=False)
-    con.print(render.compare_table(result, sort=sort))
+    con = out if out.is_terminal else Console(width=160, highlight=False)
+    for table in render.compare_tables(result, sort=sort):
+        con.print(table)
     if any(r.get("status") != "completed" for r in result["variants"]) or len(result["variants"]) <= 12:
         con.print(render.variants_table(result))
     con.print(f"results: {result['path']}/compare.json, compare.csv", markup=False, highlight=False)

@@ -569,6 +569,7 @@ def _variant_row(path: Path, v: Variant) -> dict:
     updates = s.get("updates") or (run.metrics[-1]["update"] if run.metrics else 0)
     wall = s.get("wall_time")
     bias = [dg["bias"]["cosine"] for dg in run.diagnostics if (dg.get("bias") or {}).get("cosine") is not None]
+    decay = [dg["flow"]["decay_per_step"] for dg in run.diagnostics if (dg.get("flow") or {}).get("decay_per_step")]
     target = s.get("target_reached") or {}
     row.update(
         status=s.get("status", "unknown"),
@@ -586,6 +587,8 @@ def _variant_row(path: Path, v: Variant) -> dict:
         grad_norm_max=max(norms) if norms else None,
         clipped_share=sum(clipped) / len(clipped) if clipped else None,
         bias_cosine=statistics.fmean(bias) if bias else None,
+        decay_first=decay[0] if decay else None,
+        decay_last=decay[-1] if decay else None,
         time_per_update=wall / updates if wall and updates else None,
         time_per_sequence=wall / s["sequences"] if wall and s.get("sequences") else None,
         loss_curve=_resample(losses, 24),
@@ -618,6 +621,8 @@ AGG_FIELDS = (
     "grad_norm_max",
     "clipped_share",
     "bias_cosine",
+    "decay_first",
+    "decay_last",
     "time_per_update",
     "time_per_sequence",
     "updates",

@@ -295,25 +295,31 @@ def run_report(run, *, every: int | None = None) -> Group:
 
 
 # -- bptt compare -------------------------------------------------------------------------
-# (column key, header, best is "min" / "max" / None)
-COMPARE_COLUMNS = (
+# (column key, header, best is "min" / "max" / None), in two tables so each fits a terminal
+OUTCOME_COLUMNS = (
     ("train_loss", "train loss", "min"),
     ("eval_loss", "eval loss", "min"),
     ("metric_value", "{metric}", "max"),
     ("updates_to_target", "updates to target", "min"),
+)
+GRADIENT_COLUMNS = (
     ("grad_norm_median", "|g| median", None),
     ("grad_norm_max", "|g| max", None),
     ("clipped_share", "clipped", None),
     ("bias_cosine", "bias cos", "max"),
+    ("decay_first", "decay/step first", None),
+    ("decay_last", "decay/step last", None),
     ("time_per_update", "ms/update", "min"),
     ("time_per_sequence", "ms/seq", "min"),
 )
+COMPARE_COLUMNS = OUTCOME_COLUMNS + GRADIENT_COLUMNS
 LOWER_IS_BETTER = ("bpc", "error_rate", "loss")
 SORT_KEYS = tuple(c[0] for c in COMPARE_COLUMNS) + ("group", "updates")
 
 
-def compare_table(result: dict, *, sort: str | None = None, title: str | None = None) -> Table:
-    """One row per mode/grid point, mean +- std over seeds, the best value per column in bold."""
+def compare_tables(result: dict, *, sort: str | None = None) -> list[Table]:
+    """Two tables, one row per mode/grid point, mean +- std over seeds, the best value of
+    each column in bold green: outcomes (with a loss sparkline), then gradients and cost."""
     rows = list(result["rows"])
     metric = next((r["metric"] for r in rows if r.get("metric")), None)
     chance = next((r["chance"] for r in rows if r.get("chance") is not None), None)
@@ -321,18 +327,28 @@ def compare_table(result: dict, *, sort: str | None = None, title: str | None = 
         descending = sort == "bias_cosine" or (sort == "metric_value" and metric not in LOWER_IS_BETTER)
         present = sorted((r for r in rows if r.get(sort) is not None), key=lambda r: r[sort], reverse=descending)
         rows = present + [r for r in rows if r.get(sort) is None]
-    cols = [c for c in COMPARE_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-    table = Table(
-        title=title or f"Compare: {result.get('name', '')} ({result.get('budget', 'sequences')} budget)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
+    name = result.get("name", "")
+    caption = f"chance {metric} {fmt(chance)}" if metric and chance is not None else None
+    outcome = _compare_table(
+        rows, OUTCOME_COLUMNS, metric, title=f"Compare {name}: outcome ({result.get('budget', 'sequences')} budget)",
+        caption=caption, curves=True,
+    )  # fmt: skip
+    gradients = _compare_table(rows, GRADIENT_COLUMNS, metric, title=f"Compare {name}: gradients and cost", counts=False)
+    return [outcome, gradients]
+
+
+def _compare_table(
+    rows, columns, metric, *, title: str, caption: str | None = None, counts: bool = True, curves: bool = False
+) -> Table:
+    cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("mode / grid point", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("updates", justify="right", no_wrap=True)
-    table.add_column("seqs", justify="right", no_wrap=True)
+    if counts:
+        table.add_column("status", no_wrap=True)
+        table.add_column("updates", justify="right")
+        table.add_column("seqs", justify="right")
     best: dict[str, float] = {}
-    for key, header, how in cols:
+    for key, _, how in cols:
         if how is None:
             continue
         if key == "metric_value" and metric in LOWER_IS_BETTER:
@@ -341,13 +357,13 @@ def compare_table(result: dict, *, sort: str | None = None, title: str | None = 
         if len(vals) > 1:
             best[key] = min(vals) if how == "min" else max(vals)
     for key, header, _ in cols:
-        h = header.format(metric=metric or "metric")
-        if key == "metric_value" and chance is not None:
-            h += f" (chance {fmt(chance)})"
-        table.add_column(h, justify="right", no_wrap=True)
-    table.add_column("loss curve", no_wrap=True, min_width=16)
+        table.add_column(header.format(metric=metric or "metric"), justify="right")
+    if curves:
+        table.add_column("loss curve", no_wrap=True, min_width=16)
     for r in rows:
-        cells: list[Any] = [r["group"], _status_cell(r["statuses"]), fmt(_round(r.get("updates"))), fmt(_round(r.get("sequences")))]
+        cells: list[Any] = [r["group"]]
+        if counts:
+            cells += [_status_cell(r["statuses"]), fmt(_round(r.get("updates"))), fmt(_round(r.get("sequences")))]
         for key, _, _ in cols:
             v, sd = r.get(key), r.get(key + "_std")
             scale = 1000.0 if key.startswith("time_per") else 1.0
@@ -355,8 +371,9 @@ def compare_table(result: dict, *, sort: str | None = None, title: str | None = 
             if sd is not None:
                 text += f" ± {fmt(sd * scale, 2)}"
             style = "bold green" if key in best and v is not None and v == best[key] else ""
-            cells.append(Text(text, style=style))
-        cells.append(sparkline(r.get("loss_curve") or [], width=16))
+            cells.append(Text(text, style=style, no_wrap=True))
+        if curves:
+            cells.append(sparkline(r.get("loss_curve") or [], width=16))
         table.add_row(*cells)
     return table
 
