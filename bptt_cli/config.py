@@ -23,6 +23,7 @@ import copy
 import difflib
 import math
 import re
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -603,9 +604,8 @@ class Config(_Section):
 
 
 def _override_keys(cfg: Config) -> list[str]:
-    """Every dotted key a grid or ``--set`` may name for this config (its task's parameters)."""
-    keys = [k for k, _, _ in describe_schema(cfg.task.name) if not k.startswith("compare.")]
-    return keys
+    """Every dotted key a grid may name for this config (with its own task's parameters)."""
+    return [k for k, _, _ in describe_schema(cfg.task.name) if not k.startswith("compare.")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -889,7 +889,7 @@ def _allowed(loc: Sequence[str]) -> str:
             for a in get_args(obj)[1:]:
                 collect(a)
             collect(get_args(obj)[0])
-        elif get_origin(obj) in (Union, getattr(__import__("types"), "UnionType", None)):
+        elif get_origin(obj) in (Union, types.UnionType):
             for a in get_args(obj):
                 collect(a)
 
