@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -35,7 +36,7 @@ app = typer.Typer(
 
 # A pipe or log file has no width of its own; 120 columns keeps the wide tables whole there.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -110,6 +111,10 @@ def train(
                 raise fail(f"--resume {resume}: not a run directory (no config.yaml)")
             cfg = cfgmod.load_config(resume / "config.yaml")
             path = resume
+            if _status(path) == "completed":
+                err.print(f"{path} already completed; nothing to resume", markup=False)
+                _report(path, runs.load_run(path).summary, every=every, quiet=quiet, as_json=as_json)
+                return
         else:
             cfg = cfgmod.load_config(config, set_)
             if smoke:
@@ -125,8 +130,11 @@ def train(
                 summary = execute(cfg, path, resume=resume is not None, expect=expectations, stop=stop, on_event=on_event, trainer=trainer)
         except typer.Exit:
             raise
-        except Exception as e:  # an internal error: say where the traceback went, no wall of text
-            raise fail(f"the run failed with {type(e).__name__}: {e} (traceback in {path / 'error.log'})", EXIT_FAILED) from None
+        except Exception as e:  # an internal error: keep the traceback in the run, no wall of text here
+            log = path / "error.log"
+            if not log.exists():
+                log.write_text(traceback.format_exc(), encoding="utf-8")
+            raise fail(f"the run failed with {type(e).__name__}: {e} (traceback in {log})", EXIT_FAILED) from None
     _report(path, summary, every=every, quiet=quiet, as_json=as_json)
     status = summary["status"]
     if status == "interrupted":
@@ -142,6 +150,10 @@ def train(
         err.print(line, markup=False)
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _status(path: Path) -> str | None:
+    return runs.load_run(path).summary.get("status")
 
 
 @contextmanager
@@ -228,7 +240,7 @@ def list_runs(root: Path = typer.Argument(Path("runs"), help="Folder to search f
             err.print(f"skipping {p}: {e}", markup=False)
             continue
         s, final = run.summary, run.summary.get("final") or {}
-        evals = [f"{k[5:]} {render.fmt(v)}" for k, v in final.items() if k.startswith("eval.") and k != "eval.loss"]
+        evals = [f"{render._short(k[5:])} {render.fmt(v)}" for k, v in final.items() if k.startswith("eval.") and k != "eval.loss"]
         rows.append(
             {
                 "path": str(p),
@@ -245,7 +257,8 @@ def list_runs(root: Path = typer.Argument(Path("runs"), help="Folder to search f
     if not rows:
         err.print(f"no runs under {root}")
         return
-    out.print(render.runs_table(rows))
+    for table in render.runs_tables(rows):
+        out.print(table)
 
 
 @app.command()

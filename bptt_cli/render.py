@@ -83,11 +83,12 @@ def metrics_table(
     eval_keys = [k for k in (evals[0] if evals else {}) if k not in ("step", "update", "time")]
     by_step = {e["step"]: e for e in evals}
     every = every or default_every(len(metrics))
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("step", "update", "loss", "grad norm", "clipped norm", "clipped"):
-        table.add_column(col, justify="right", no_wrap=True)
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
+    # Short headers and unwrapped numbers keep the table whole in an 80-column terminal.
+    for col in ("step", "update", "loss", "|g|", "|g| after", "clip"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=4)
     for k in eval_keys:
-        table.add_column(f"eval {k}", justify="right", style="cyan", no_wrap=True)
+        table.add_column(f"eval {_short(k)}", justify="right", style="cyan", no_wrap=True)
     shown_evals: set[int] = set()
     rows = set(pick_rows(len(metrics), every))
     last_of_step = {r["step"]: i for i, r in enumerate(metrics)}
@@ -101,7 +102,7 @@ def metrics_table(
             fmt(r.get("loss")),
             fmt(r.get("grad_norm")),
             fmt(r.get("clipped_norm")),
-            Text("clipped", style="yellow") if r.get("clipped") else Text(""),
+            Text("yes", style="yellow") if r.get("clipped") else Text(""),
         ]
         if ev is not None and r["step"] not in shown_evals:
             shown_evals.add(r["step"])
@@ -118,6 +119,10 @@ def metrics_table(
             *[""] * (2 + len(eval_keys)),
         )
     return table
+
+
+def _short(key: str) -> str:
+    return {"accuracy": "acc", "error_rate": "err"}.get(key, key)
 
 
 def eval_table(evals: list[dict], *, title: str = "Held-out evaluation") -> Table:
@@ -236,32 +241,36 @@ def _metric_text(d: dict) -> str:
     return ", ".join(f"{k} {fmt(d[k])}" for k in keys)
 
 
-def runs_table(rows: Iterable[dict], *, title: str = "Runs") -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for col, just in (
-        ("run", "left"),
-        ("name", "left"),
-        ("status", "left"),
-        ("task", "left"),
-        ("truncation", "left"),
-        ("steps", "right"),
-        ("final loss", "right"),
-        ("eval", "right"),
-    ):
-        table.add_column(col, justify=just)
+def runs_tables(rows: Iterable[dict]) -> list[Table]:
+    """One table per folder of runs (titled with the folder), one row per run directory,
+    so the rows stay short enough for an 80-column terminal and the names stay whole."""
+    groups: dict[str, list[dict]] = {}
     for r in rows:
-        status = r.get("status", "?")
-        table.add_row(
-            r.get("path", ""),
-            str(r.get("name", "")),
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            str(r.get("task", "")),
-            str(r.get("truncation", "")),
-            f"{fmt(r.get('steps_done'))}/{fmt(r.get('steps'))}",
-            fmt(r.get("final_loss")),
-            r.get("eval", ""),
-        )
-    return table
+        parent, _, leaf = str(r.get("path", "")).rpartition("/")
+        groups.setdefault(parent or ".", []).append({**r, "leaf": leaf})
+    tables = []
+    for parent, members in groups.items():
+        table = Table(title=parent, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False)
+        # The config name is the folder's name for runs made under runs/; say it when it is not.
+        named = any(str(r.get("name")) != parent.rpartition("/")[2] for r in members)
+        for col in ("run", "name", "status", "task", "truncation") if named else ("run", "status", "task", "truncation"):
+            table.add_column(col, no_wrap=True)
+        for col in ("steps", "loss", "eval"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in members:
+            status = r.get("status", "?")
+            table.add_row(
+                r["leaf"],
+                *([str(r.get("name", ""))] if named else []),
+                Text(status, style=STATUS_STYLE.get(status, "")),
+                str(r.get("task", "")),
+                str(r.get("truncation", "")),
+                f"{fmt(r.get('steps_done'))}/{fmt(r.get('steps'))}",
+                fmt(r.get("final_loss")),
+                r.get("eval", ""),
+            )
+        tables.append(table)
+    return tables
 
 
 def tasks_table(tasks: list[dict]) -> Table:

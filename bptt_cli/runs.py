@@ -172,6 +172,18 @@ def truncate_logs(path: Path, step: int) -> None:
         atomic_write(p, "".join(dumps(r) + "\n" for r in kept).encode())
 
 
+def last_record(path: Path) -> dict:
+    """The last well-formed record of a JSONL log, or {}."""
+    records, _ = read_jsonl(path)
+    return records[-1] if records else {}
+
+
+def remove_temporaries(path: Path) -> None:
+    """Delete temporary files left by an atomic write that a kill interrupted."""
+    for p in Path(path).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
 @dataclass
 class Run:
     """A run directory read back: plain data for rendering and scripts."""

@@ -44,16 +44,27 @@ def execute(
     run_dir = Path(run_dir)
     trainer = trainer or Trainer(cfg)
     writer = runs.RunWriter(run_dir)
+    last_update: dict = {}
+    last_eval: dict = {}
     if resume:
+        previous = _read_summary(run_dir)
+        if previous.get("status") == "completed":
+            raise runs.RunError(
+                f"{run_dir} already completed ({previous.get('steps_done')}/{previous.get('steps')} steps); nothing to resume"
+            )
+        runs.remove_temporaries(run_dir)
         arrays = runs.load_checkpoint(run_dir)
         state = trainer.state_from_arrays(arrays)
         runs.truncate_logs(run_dir, state.step)
-        previous = _read_summary(run_dir)
+        # The summary's final metrics come from the last logged lines if no new ones arrive.
+        last_update = runs.last_record(run_dir / "metrics.jsonl")
+        last_eval = runs.last_record(run_dir / "eval.jsonl")
         started = previous.get("started", _now())
         resumed = previous.get("resumed", 0) + 1
     else:
         writer.write_config(dump_yaml(cfg))
         state = trainer.initial_state()
+        writer.checkpoint(state.to_arrays())  # so even a run killed in its first steps can resume
         started, resumed = _now(), 0
 
     summary: dict = {
@@ -74,8 +85,6 @@ def execute(
         "env": runs.environment(),
     }
     writer.summary({**summary, "steps_done": state.step, "updates": state.update})
-    last_update: dict = {}
-    last_eval: dict = {}
     last_diag: dict = {}
     ending: dict = {}
     session_start = time.perf_counter()

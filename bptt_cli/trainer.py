@@ -199,19 +199,21 @@ class Trainer:
             state.step = step + 1
             if self.task.stateful:
                 state.h = h_last
-            state.elapsed = clock()
-            yield Event("step", {"step": state.step, "update": state.update})
-
             last = state.step == cfg.steps
+            met = False
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
                 metrics = self.evaluate(state.params)
                 self._track_best(state, metrics)
                 yield Event("eval", {"step": state.step, "update": state.update, **metrics, "time": clock()})
-                if self._target_met(metrics, records):
-                    yield Event("target", {"step": state.step, "update": state.update, "target": str(self.target)})
-                    return
-            elif self.target is not None and self.target.metric.startswith("train.") and self._target_met({}, records):
+                met = self._target_met(metrics, records)
+            elif self.target is not None and self.target.metric.startswith("train."):
+                met = self._target_met({}, records)
+            if met:
                 yield Event("target", {"step": state.step, "update": state.update, "target": str(self.target)})
+            state.elapsed = clock()
+            # The step's boundary comes last: a stop or checkpoint taken here includes its evaluation.
+            yield Event("step", {"step": state.step, "update": state.update})
+            if met:
                 return
 
     def _track_best(self, state: TrainState, metrics: dict[str, float]) -> None:

@@ -33,7 +33,8 @@ def small() -> list[str]:
 
 @pytest.fixture
 def invoke() -> Callable:
-    """Run ``bptt ARGS...`` in process; wide columns so rich does not wrap what we grep for."""
+    """Run ``bptt ARGS...`` in process. COLUMNS is wide so the stderr console (sized by it) does not
+    wrap messages; stdout off a terminal has a fixed width of its own (see cli.py)."""
     from bptt_cli.cli import app
 
     runner = CliRunner()
@@ -48,28 +49,19 @@ def strip_time(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in records]
 
 
-@pytest.fixture
-def logs() -> Callable[[Path], dict[str, list[dict]]]:
-    """``logs(run_dir)`` -> {"metrics": [...], "eval": [...], "diagnostics": [...]}, time fields
-    dropped; a malformed line anywhere but the end fails the test (strict read)."""
+def read_logs(run_dir: Path) -> dict[str, list[dict]]:
+    """{"metrics": [...], "eval": [...], "diagnostics": [...]} of a run, time fields dropped; any
+    malformed or torn line fails the test."""
     from bptt_cli import runs
 
-    def read(run_dir: Path) -> dict[str, list[dict]]:
-        out = {}
-        for log in runs.LOGS:
-            records, problems = runs.read_jsonl(Path(run_dir) / f"{log}.jsonl", strict=True)
-            assert not problems, problems
-            out[log] = strip_time(records)
-        return out
-
-    return read
+    out = {}
+    for log in runs.LOGS:
+        records, problems = runs.read_jsonl(Path(run_dir) / f"{log}.jsonl", strict=True)
+        assert problems == [], problems
+        out[log] = strip_time(records)
+    return out
 
 
 def one_line(text: str) -> str:
     """Rich wraps long messages at the console width; compare them with whitespace collapsed."""
     return " ".join(text.split())
-
-
-@pytest.fixture
-def flat() -> Callable[[str], str]:
-    return one_line

@@ -227,12 +227,6 @@ def test_load_checkpoint_of_a_missing_or_pickled_file_is_a_run_error(tmp_path):
         runs.load_checkpoint(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (runs.load_checkpoint): a truncated or corrupt zip raises zipfile.BadZipFile, which is "
-    "neither OSError nor ValueError, so `bptt train --resume` exits 1 pointing at an error.log that "
-    "is never written, instead of exit 2 naming the file",
-)
 def test_load_checkpoint_of_a_corrupt_zip_is_a_run_error(tmp_path):
     (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(RunError, match="unreadable"):

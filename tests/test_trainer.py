@@ -81,10 +81,11 @@ def test_eval_cadence_every_n_steps_and_always_at_the_end(every, steps, expected
     for e in evals:
         assert {"step", "update", "loss", "accuracy", "time"} <= set(e)
         assert 0.0 <= e["accuracy"] <= 1.0
-    # an eval comes right after the step it measures
+    # an eval comes right before the boundary of the step it measures, so a stop or a
+    # checkpoint taken at that boundary includes it
     kinds = [(e.kind, e.data.get("step")) for e in events if e.kind in ("step", "eval")]
     for s in expected:
-        assert kinds[kinds.index(("eval", s)) - 1] == ("step", s)
+        assert kinds[kinds.index(("eval", s)) + 1] == ("step", s)
 
 
 def test_best_tracks_the_best_eval_so_far():
@@ -96,15 +97,15 @@ def test_best_tracks_the_best_eval_so_far():
 
 def test_an_eval_target_stops_the_run_early():
     _, state, events = _events("train.target=eval.accuracy>=0.0", "train.eval_every=2", "train.steps=8")
-    assert events[-1].kind == "target"
-    assert events[-1].data["step"] == 2 and events[-1].data["target"] == "eval.accuracy>=0.0"
+    assert [e.kind for e in events[-2:]] == ["target", "step"]  # the run ends on a step boundary
+    assert events[-2].data["step"] == 2 and events[-2].data["target"] == "eval.accuracy>=0.0"
     assert state.step == 2
     assert [u["step"] for u in _of(events, "update")] == [1, 2]
 
 
 def test_a_train_target_is_checked_after_every_step():
     _, state, events = _events("train.target=train.loss<1000", "train.eval_every=5", "train.steps=8")
-    assert [e.kind for e in events][-1] == "target"
+    assert [e.kind for e in events][-2:] == ["target", "step"]
     assert state.step == 1
     assert _of(events, "eval") == []
 

@@ -1,0 +1,43 @@
+"""The README keeps up with the code: every command has help and an example, every task and
+shipped config is documented, and the set-up commands stand at the top."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bptt_cli.cli import app
+from bptt_cli.tasks import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    top = "\n".join(README.splitlines()[:12])
+    assert 'python -m pip install -e ".[dev]" && bptt train configs/quickstart.yaml' in top
+    assert "python -m pytest" in top
+
+
+def test_readme_has_no_unfilled_placeholder():
+    assert "PLACEHOLDER" not in README
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_a_readme_example(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"bptt {command}" in README, f"README has no example of `bptt {command}`"
+
+
+@pytest.mark.parametrize("task", list(REGISTRY))
+def test_every_task_is_in_the_readme_tasks_section(task):
+    section = README.split("## Tasks", 1)[1].split("\n## ", 1)[0]
+    assert f"| `{task}` |" in section
+
+
+def test_every_truncation_mode_is_in_the_readme_table():
+    section = README.split("## Truncation modes", 1)[1].split("\n## ", 1)[0]
+    for spec in ("`full`", "`k_truncated:K`", "`subsequence:K`", "`tbptt:K1:K2`"):
+        assert spec in section
