@@ -107,24 +107,25 @@ def train(
         if resume is not None:
             if config is not None or set_ or run_dir is not None or smoke:
                 raise fail("--resume takes the config from the run directory; drop CONFIG, --set, --run-dir and --smoke")
-            if not runs.is_run_dir(resume):
-                raise fail(f"--resume {resume}: not a run directory (no config.yaml)")
-            cfg = cfgmod.load_config(resume / "config.yaml")
-            path = resume
-            if _status(path) == "completed":
-                err.print(f"{path} already completed; nothing to resume", markup=False)
-                _report(path, runs.load_run(path).summary, every=every, quiet=quiet, as_json=as_json)
+            previous = runs.load_run(resume)
+            if previous.status == "completed":
+                err.print(f"{resume} already completed; nothing to resume", markup=False)
+                _report(resume, previous.summary, every=every, quiet=quiet, as_json=as_json)
                 return
+            cfg = cfgmod.load_config(resume / "config.yaml")
         else:
             cfg = cfgmod.load_config(config, set_)
             if smoke:
                 cfg = cfgmod.smoke(cfg)
         trainer = Trainer(cfg)
-        if resume is None:
-            path = runs.claim_run_dir(run_dir) if run_dir is not None else runs.new_run_dir(runs_root, cfg.name)
+        if resume is not None:
+            path = resume
+        elif run_dir is not None:
+            path = runs.claim_run_dir(run_dir)
+        else:
+            path = runs.new_run_dir(runs_root, cfg.name)
     err.print(f"run: {path}", markup=False)
-    show_progress = not quiet and err.is_terminal
-    with StopFlag() as stop, render_progress(cfg, trainer, show_progress) as on_event:
+    with StopFlag() as stop, render_progress(cfg, not quiet and err.is_terminal) as on_event:
         try:
             with user_errors():
                 summary = execute(cfg, path, resume=resume is not None, expect=expectations, stop=stop, on_event=on_event, trainer=trainer)
@@ -136,28 +137,28 @@ def train(
                 log.write_text(traceback.format_exc(), encoding="utf-8")
             raise fail(f"the run failed with {type(e).__name__}: {e} (traceback in {log})", EXIT_FAILED) from None
     _report(path, summary, every=every, quiet=quiet, as_json=as_json)
+    raise typer.Exit(_train_exit_code(path, summary, fail_on_diverge))
+
+
+def _train_exit_code(path: Path, summary: dict, fail_on_diverge: bool) -> int:
+    """Say how the run ended on stderr and choose the exit code."""
     status = summary["status"]
     if status == "interrupted":
-        err.print(f"interrupted; continue with: bptt train --resume {path}")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        err.print(f"interrupted; continue with: bptt train --resume {path}", markup=False)
+        return EXIT_INTERRUPTED
+    code = 0
     if status == "diverged":
         d = summary.get("diverged_at") or {}
         err.print(f"diverged: non-finite {d.get('what')} at step {d.get('step')}; logs kept up to the last finite update")
-        if fail_on_diverge:
-            raise typer.Exit(EXIT_FAILED)
-    failed = render.expectations_lines(summary.get("expectations", []))
-    for line in failed:
+        code = EXIT_FAILED if fail_on_diverge else 0
+    for line in render.expectations_lines(summary.get("expectations", [])):
         err.print(line, markup=False)
-    if failed:
-        raise typer.Exit(EXIT_FAILED)
-
-
-def _status(path: Path) -> str | None:
-    return runs.load_run(path).summary.get("status")
+        code = EXIT_FAILED
+    return code
 
 
 @contextmanager
-def render_progress(cfg, trainer, enabled: bool):
+def render_progress(cfg, enabled: bool):
     """A live progress bar with loss and gradient norm on stderr (terminals only)."""
     if not enabled:
         yield None

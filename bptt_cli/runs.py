@@ -211,7 +211,7 @@ def load_run(path: Path) -> Run:
 
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"{path} is not a folder")
+        raise RunError(f"{path} is not a run directory (no such folder)")
     if not is_run_dir(path):
         raise RunError(f"{path} is not a run directory (it has no config.yaml)")
     try:

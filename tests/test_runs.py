@@ -214,7 +214,7 @@ def test_load_run_reads_a_killed_run_and_names_its_problems(tmp_path):
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(RunError, match="not a run directory"):
         runs.load_run(tmp_path)
-    with pytest.raises(RunError, match="not a folder"):
+    with pytest.raises(RunError, match="no such folder"):
         runs.load_run(tmp_path / "missing")
 
 
