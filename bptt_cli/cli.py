@@ -349,7 +349,7 @@ def compare(
             with _live(live_enabled) as show:
                 progress = cmp.execute_all(path, variants, executor, in_process=in_process, stop=stop, on_progress=show)
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            _shutdown(executor)
     result = cmp.collect(path)
     cmp.write_results(path, result)
     if as_json:
@@ -380,6 +380,15 @@ def _executor(workers: int, scheduler: str | None):
     if workers == 1:
         return ThreadPoolExecutor(max_workers=1), True
     return cmp.ProcessPerTaskExecutor(workers), False
+
+
+def _shutdown(executor) -> None:
+    """Stop an executor, dropping what never started. Dask's ClientExecutor has no
+    cancel_futures (its futures were cancelled already by the compare loop)."""
+    try:
+        executor.shutdown(wait=True, cancel_futures=True)
+    except TypeError:
+        executor.shutdown(wait=True)
 
 
 @contextmanager

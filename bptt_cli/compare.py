@@ -141,6 +141,9 @@ def plan(
         raise CompareError(f"--budget must be sequences or updates, got {budget!r}")
     points: list[dict[str, Any]] = [{}]
     for key, values in grid.items():
+        repeated = sorted({_text(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise CompareError(f"--grid {key} lists {', '.join(repeated)} more than once; each value makes one variant")
         points = [{**p, key: v} for p in points for v in values]
 
     data = cfgmod.to_dict(base)
@@ -156,7 +159,7 @@ def plan(
                 except cfgmod.ConfigError as e:
                     raise CompareError(f"variant {mode} {point or ''} seed {seed}: {e}") from None
                 if budget == "updates":
-                    cfg = _equal_updates(cfg, base.train.steps)
+                    cfg = _equal_updates(cfg, cfg.train.steps)  # the variant's own steps: a grid may set them
                 vid = _variant_id(mode, point, seed)
                 variants.append(Variant(vid, mode, point, seed, cfgmod.to_dict(cfg)))
     return variants
