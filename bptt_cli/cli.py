@@ -8,6 +8,7 @@ Data goes to stdout; messages and progress go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -35,7 +36,7 @@ app = typer.Typer(
 )
 
 # A pipe or log file has no width of its own; 120 columns keeps the wide tables whole there.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
 
 
@@ -314,8 +315,6 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Run truncation modes (x grid points x seeds) side by side and show one table."""
-    import os
-
     from bptt_cli import compare as cmp
     from bptt_cli import config as cfgmod
 
@@ -408,7 +407,7 @@ def _live(enabled: bool):
 
 def _print_compare(result: dict, sort: str | None) -> None:
     # The table is wide; a log file or pipe has no width to respect, so give it room.
-    con = out if out.is_terminal else Console(width=160, highlight=False)
+    con = out if out.is_terminal or "COLUMNS" in os.environ else Console(width=160, highlight=False)
     for table in render.compare_tables(result, sort=sort):
         con.print(table)
     if any(r.get("status") != "completed" for r in result["variants"]) or len(result["variants"]) <= 12:

@@ -92,7 +92,7 @@ def parse_seeds(text: str, base: int) -> list[int]:
         raise CompareError(f"--seeds takes a count (3) or a list of seeds (3,7,11), got {text!r}") from None
     if len(nums) == 1 and "," not in text:
         if nums[0] < 1:
-            raise CompareError(f"--seeds count must be >= 1, got {nums[0]}")
+            raise CompareError(f"--seeds {nums[0]}: a count must be >= 1; to name a single seed, add a comma: --seeds {nums[0]},")
         return list(range(base, base + nums[0]))
     if not nums or any(n < 0 for n in nums) or len(set(nums)) != len(nums):
         raise CompareError(f"--seeds list must hold distinct seeds >= 0, got {text!r}")

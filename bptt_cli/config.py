@@ -380,6 +380,7 @@ class OptimizerConfig(_Section):
         if not isinstance(name, str) or name not in _OPTIMIZER_DEFAULTS:
             return data  # pydantic names the allowed optimizers
         own = ["lr", *_OPTIMIZER_DEFAULTS[name]]
+        data = {k: v for k, v in data.items() if v is not None or k in own}  # null means "not set"
         for key in data:
             if key == "name" or key in own:
                 continue
@@ -833,6 +834,10 @@ def _set(data: dict, key: str, value: Any, override: str | None = None) -> dict:
     if key == "truncation.mode" and isinstance(value, str) and (":" in value or value.strip() == "full"):
         for k in ("k", "k1", "k2"):
             cur.pop(k, None)
+    # Another optimizer brings its own keys: drop those of the old one (lr stays).
+    if key == "optimizer.name" and isinstance(value, str) and value in _OPTIMIZER_DEFAULTS and cur.get("name") != value:
+        for k in [k for k in cur if k not in ("name", "lr", *_OPTIMIZER_DEFAULTS[value])]:
+            del cur[k]
     cur[parts[-1]] = value
     return data
 
@@ -843,7 +848,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     Values are typed as in YAML 1.2: ``5`` int, ``1e-3`` float, ``none``/``null``/``~`` (or
     nothing) null, ``true``/``false`` bool, ``[1, 2]`` a list; anything else is a string
     (``k_truncated:5``). Task parameters are ``task.<param>=...``. Setting
-    ``truncation.mode`` to a whole spec (``tbptt:5:20``) or to ``full`` drops the old k, k1, k2.
+    ``truncation.mode`` to a whole spec (``tbptt:5:20``) or to ``full`` drops the old k, k1, k2;
+    setting ``optimizer.name`` drops the keys of the old optimizer (``lr`` stays).
     Unknown keys are left for validation, which names them.
     """
     out = copy.deepcopy(dict(data))

@@ -33,14 +33,14 @@ def _pyplot():
 
 
 def load_variants(path: Path) -> list[tuple[str, runs.Run]]:
-    """(label, run) for a run directory or for each variant of a compare directory."""
+    """(label, run) for a run directory or for each variant of a compare directory; the label
+    is the mode and grid point, shared by the seeds of a variant."""
     from bptt_cli import compare
 
     path = Path(path)
     if compare.is_compare_dir(path):
         variants, _ = compare.read_plan(path)
-        out = [(v.group + (f" s{v.seed}" if len({x.seed for x in variants}) > 1 else ""), path / v.id) for v in variants]
-        return [(label, runs.load_run(p)) for label, p in out if runs.is_run_dir(p)]
+        return [(v.group, runs.load_run(path / v.id)) for v in variants if runs.is_run_dir(path / v.id)]
     run = runs.load_run(path)
     return [(run.summary.get("truncation") or str((run.config.get("truncation") or {}).get("mode", "")), run)]
 
@@ -65,10 +65,16 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
         raise runs.RunError(f"{path} holds no run to plot")
     fig, axes = plt.subplots(2, 2, figsize=size, dpi=dpi)
     (ax_loss, ax_norm), (ax_flow, ax_bias) = axes
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups = list(dict.fromkeys(label for label, _ in variants))
+    seeds = {g: sum(1 for label, _ in variants if label == g) for g in groups}
     thresholds = set()
-    for i, (label, run) in enumerate(variants):
-        c = colors[i % len(colors)]
+    labelled: set[str] = set()
+    for group, run in variants:
+        # One colour and one legend entry per mode/grid point; its seeds share them.
+        c = palette[groups.index(group) % len(palette)]
+        label = None if group in labelled else (f"{group} ({seeds[group]} seeds)" if seeds[group] > 1 else group)
+        labelled.add(group)
         if run.metrics:
             steps, losses, xs = _per_step(run.metrics)
             ax_loss.plot(steps, losses, color=c, lw=0.8, alpha=0.8, label=label)
@@ -86,14 +92,15 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
                 flow = d.get("flow") or {}
                 pts = [(j, n) for j, n in zip(flow.get("lags", []), flow.get("norms", [])) if n and n > 0]
                 if pts:
-                    ax_flow.plot(*zip(*pts), style, color=c, label=f"{label} (step {d.get('step')})")
+                    ax_flow.plot(*zip(*pts), style, color=c, label=f"{label} (step {d.get('step')})" if label else None)
             bias = [(d["step"], d["bias"]["cosine"]) for d in run.diagnostics if (d.get("bias") or {}).get("cosine") is not None]
             if bias:
                 ax_bias.plot(*zip(*bias), "o-", color=c, ms=3, label=label)
     for mode, t in sorted(thresholds):
         ax_norm.axhline(t, color="k", ls="--", lw=1, label=f"clip {mode} = {t:g}")
     # x is the training step (batches seen), so modes that update per chunk line up with the rest
-    ax_loss.set(title="Loss (line: train, markers: held-out)", xlabel="step (training batches)", ylabel="loss")
+    # log scale: one diverging variant's spike must not flatten the others
+    ax_loss.set(title="Loss (line: train, markers: held-out)", xlabel="step (training batches)", ylabel="loss", yscale="log")
     ax_norm.set(title="Gradient norm before clipping, per update", xlabel="step (training batches)", ylabel="||g||", yscale="log")
     ax_flow.set(title="Gradient flow: mean ||dL_t/dh_{t-j}||", xlabel="lag j", ylabel="norm", yscale="log")
     ax_bias.set(title="Truncation bias: cosine to the full-BPTT gradient", xlabel="step (training batches)", ylabel="cosine")
@@ -103,7 +110,7 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
             ax.legend(fontsize=7)
         elif ax in (ax_flow, ax_bias):
             ax.text(0.5, 0.5, "no diagnostics logged\n(set train.diagnostics_every)", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(str(path), fontsize=9)
+    fig.suptitle(str(Path(path).resolve()), fontsize=9)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def fmt(v: Any, digits: int = 4) -> str:
             return str(v)
         if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
             return f"{v:.{digits - 2}e}"
-        return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".") or "0"
+        return f"{v:.{digits}g}"  # significant digits, also below 1: 0.0041 stays 0.0041
     return str(v)
 
 

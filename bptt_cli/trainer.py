@@ -151,8 +151,13 @@ class Trainer:
             batch = self.task.train_batch(step, cfg.batch_size)
             h0 = state.h if self.task.stateful else None
             if cfg.diagnostics_every and state.update >= state.next_diagnostics:
-                yield Event("diagnostics", self._diagnostics(state, batch, h0, step + 1))
                 state.next_diagnostics = (state.update // cfg.diagnostics_every + 1) * cfg.diagnostics_every
+                try:
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        record = self._diagnostics(state, batch, h0, step + 1)
+                    yield Event("diagnostics", record)
+                except DivergedError:
+                    pass  # the same weights blow up in the training step below, which reports it
             records: list[dict] = []
 
             def apply(chunk: int, loss: float, grads: dict) -> None:
