@@ -299,7 +299,7 @@ def validate(
 
 @app.command()
 def compare(
-    config: Optional[Path] = typer.Argument(None, help="YAML config shared by every variant (omitted: the quickstart)."),
+    config: Optional[Path] = typer.Argument(None, help="YAML config shared by every variant (omitted: the quickstart, with --modes)."),
     modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated truncation specs, e.g. full,k_truncated:5,subsequence:10,tbptt:5:20."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="A count of seeds from the config's seed on (3), or seeds (3,7,11)."),
     grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... varied across variants, e.g. clip.threshold=1,5,none (repeatable)."),
@@ -316,7 +316,6 @@ def compare(
 ) -> None:
     """Run truncation modes (x grid points x seeds) side by side and show one table."""
     from bptt_cli import compare as cmp
-    from bptt_cli import config as cfgmod
 
     if sort is not None and sort not in render.SORT_KEYS:
         raise fail(f"--sort must be one of {', '.join(render.SORT_KEYS)}, got {sort!r}")
@@ -324,31 +323,14 @@ def compare(
         if resume is not None:
             if config is not None or modes or seeds or grid or set_ or smoke:
                 raise fail("--resume takes everything from the compare directory; drop CONFIG, --modes, --seeds, --grid, --set and --smoke")
-            variants, meta = cmp.read_plan(resume)
+            variants, _ = cmp.read_plan(resume)
             path = resume
         else:
-            base = cfgmod.load_config(config, set_)
-            if smoke:
-                base = cfgmod.smoke(base)
-            variants = cmp.plan(
-                base,
-                modes=cmp.parse_modes(modes) if modes else None,
-                seeds=cmp.parse_seeds(seeds, base.seed) if seeds else None,
-                grid=cmp.parse_grid(grid) if grid else None,
-                budget=budget,
-            )
-            path = cmp.new_compare_dir(runs_root, base.name)
-            meta = {"name": base.name, "budget": budget, "base_config": cfgmod.to_dict(base)}
-            cmp.write_plan(path, variants, meta)
-        executor, in_process = _executor(workers or os.cpu_count() or 1, scheduler)
+            variants, path = _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root)
     err.print(f"compare: {path} ({len(variants)} variants)", markup=False)
-    live_enabled = not quiet and err.is_terminal
-    with StopFlag() as stop:
-        try:
-            with _live(live_enabled) as show:
-                progress = cmp.execute_all(path, variants, executor, in_process=in_process, stop=stop, on_progress=show)
-        finally:
-            _shutdown(executor)
+    with StopFlag() as stop, _executor(workers or os.cpu_count() or 1, scheduler, stop) as (executor, in_process):
+        with _live(not quiet and err.is_terminal) as show:
+            progress = cmp.execute_all(path, variants, executor, in_process=in_process, stop=stop, on_progress=show)
     result = cmp.collect(path)
     cmp.write_results(path, result)
     if as_json:
@@ -356,16 +338,39 @@ def compare(
     else:
         _print_compare(result, sort)
     if any(s in ("interrupted", "not started") for s in progress.status.values()) and stop.requested:
-        err.print(f"interrupted; finish the missing variants with: bptt compare --resume {path}")
+        err.print(f"interrupted; finish the missing variants with: bptt compare --resume {path}", markup=False)
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _executor(workers: int, scheduler: str | None):
-    """(executor, runs in this process?) for --workers / --scheduler."""
+def _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root):
+    """Resolve the base config and the variants; write the plan into a new compare directory."""
+    from bptt_cli import compare as cmp
+    from bptt_cli import config as cfgmod
+
+    base = cfgmod.load_config(config, set_)
+    if smoke:
+        base = cfgmod.smoke(base)
+    variants = cmp.plan(
+        base,
+        modes=cmp.parse_modes(modes) if modes else None,
+        seeds=cmp.parse_seeds(seeds, base.seed) if seeds else None,
+        grid=cmp.parse_grid(grid) if grid else None,
+        budget=budget,
+    )
+    path = cmp.new_compare_dir(runs_root, base.name)
+    cmp.write_plan(path, variants, {"name": base.name, "budget": budget, "base_config": cfgmod.to_dict(base)})
+    return variants, path
+
+
+@contextmanager
+def _executor(workers: int, scheduler: str | None, stop):
+    """(executor, runs in this process?) for --workers / --scheduler, shut down (and a Dask
+    client closed) on the way out, dropping what never started."""
     from concurrent.futures import ThreadPoolExecutor
 
     from bptt_cli import compare as cmp
 
+    client = None
     if scheduler:
         try:
             from distributed import Client
@@ -375,19 +380,20 @@ def _executor(workers: int, scheduler: str | None):
             client = Client(scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as e:
             raise fail(f"--scheduler {scheduler}: cannot connect ({e})") from None
-        return client.get_executor(), False
-    if workers == 1:
-        return ThreadPoolExecutor(max_workers=1), True
-    return cmp.ProcessPerTaskExecutor(workers), False
-
-
-def _shutdown(executor) -> None:
-    """Stop an executor, dropping what never started. Dask's ClientExecutor has no
-    cancel_futures (its futures were cancelled already by the compare loop)."""
+        executor, in_process = client.get_executor(), False
+    elif workers == 1:
+        executor, in_process = ThreadPoolExecutor(max_workers=1), True
+    else:
+        executor, in_process = cmp.ProcessPerTaskExecutor(workers, stop=stop), False
     try:
-        executor.shutdown(wait=True, cancel_futures=True)
-    except TypeError:
-        executor.shutdown(wait=True)
+        yield executor, in_process
+    finally:
+        try:
+            executor.shutdown(wait=True, cancel_futures=True)
+        except TypeError:  # Dask's ClientExecutor has no cancel_futures; the loop cancelled them
+            executor.shutdown(wait=True)
+        if client is not None:
+            client.close()
 
 
 @contextmanager

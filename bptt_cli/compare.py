@@ -25,6 +25,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import signal
 import statistics
@@ -107,12 +108,24 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         key = key.strip()
         if not eq or not key or not values.strip():
             raise CompareError(f"--grid expects KEY=V1,V2,... with a dotted key, e.g. clip.threshold=1,5,none; got {item!r}")
+        if key in grid:
+            raise CompareError(f"--grid {key} is given twice; list all its values once: --grid {key}=V1,V2,...")
+        check_grid_key(key)
         parsed = []
         for v in values.split(","):
             data = cfgmod.apply_overrides({}, [f"x={v.strip()}"])
             parsed.append(data["x"])
         grid[key] = parsed
     return grid
+
+
+def check_grid_key(key: str) -> None:
+    """Keys that variants are already made of have options of their own."""
+    own = {"seed": "--seeds", "truncation": "--modes", "compare": None, "name": None}
+    head = key.split(".", 1)[0]
+    if head in own:
+        where = f"use {own[head]} instead" if own[head] else "it is not a setting of a run"
+        raise CompareError(f"--grid cannot vary {key}: {where}")
 
 
 # -- planning -----------------------------------------------------------------------------
@@ -141,6 +154,7 @@ def plan(
         raise CompareError(f"--budget must be sequences or updates, got {budget!r}")
     points: list[dict[str, Any]] = [{}]
     for key, values in grid.items():
+        check_grid_key(key)
         repeated = sorted({_text(v) for v in values if values.count(v) > 1})
         if repeated:
             raise CompareError(f"--grid {key} lists {', '.join(repeated)} more than once; each value makes one variant")
@@ -185,7 +199,7 @@ def _variant_id(mode: str, point: dict, seed: int) -> str:
     parts = [mode.replace(":", "-")]
     parts += [f"{k.split('.')[-1]}-{_text(v)}" for k, v in point.items()]
     parts.append(f"seed{seed}")
-    return "_".join(parts).replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", "_".join(parts))  # a safe directory name
 
 
 def _equal_updates(cfg: cfgmod.Config, updates: int) -> cfgmod.Config:
@@ -253,8 +267,9 @@ class ProcessPerTaskExecutor(Executor):
     ``WorkerDied``), so one variant's crash never takes the others down.
     """
 
-    def __init__(self, max_workers: int) -> None:
+    def __init__(self, max_workers: int, *, stop: Callable[[], bool] = lambda: False) -> None:
         self._max = max(1, max_workers)
+        self._stop = stop  # once it says so, nothing queued is started
         ctx_name = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         self._ctx = multiprocessing.get_context(ctx_name)
         # N workers each running a multi-threaded BLAS oversubscribe the cores; with the
@@ -287,7 +302,7 @@ class ProcessPerTaskExecutor(Executor):
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while len(self._running) < self._max and self._queue:
+                while len(self._running) < self._max and self._queue and not self._stop():
                     fut, fn, args = self._queue.pop(0)
                     if not fut.set_running_or_notify_cancel():
                         continue
