@@ -15,8 +15,9 @@ which uses h_{f(t)-1} as its input, still counts. With delta_s^{(t)} = dL_t/da_s
 
 The lecture's product of Jacobians dh_t/dh_{t-k} = prod phi'(a) W_hh is never formed: the
 adjoints are pushed back one step at a time. Writing A_s = sum_t delta_s^{(t)} (the summed
-pre-activation adjoint at step s), every weight gradient is ONE matmul over all steps:
-dW_hh = A^T [h_{-1} .. h_{T-2}], dW_xh = A^T x, db_h = sum A, taken after the sweep.
+pre-activation adjoint at step s), every weight gradient is a matmul over many steps at
+once (a block of steps at a time, see below), never an outer product per step:
+dW_hh = A^T [h_{-1} .. h_{T-2}], dW_xh = A^T x, db_h = sum A.
 
 How it is vectorised
 --------------------
@@ -202,13 +203,14 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
         dh = buf[: t1 - t0]
         np.matmul(dy_b.T, W_hy, out=dh.reshape(n, H))
         dphi = _dphi_into(activation, hs[t0 + 1 : t1 + 1], dphi_buf[: t1 - t0])  # phi'(a_t), or None
-        for t in range(t1 - 1, t0 - 1, -1):
-            da = dh[t - t0]  # A_t = phi'(a_t) * dL/dh_t, written over the direct term
+        rows = zip(range(t1 - 1, t0 - 1, -1), dh[::-1], dphi[::-1] if dphi is not None else [None] * (t1 - t0))
+        for t, da, dphi_t in rows:
+            # da starts as the direct term dL/dh_t and becomes A_t = phi'(a_t) * dL/dh_t
             g += da
-            if dphi is None:
+            if dphi_t is None:
                 da[...] = g
             else:
-                np.multiply(g, dphi[t - t0], out=da)
+                np.multiply(g, dphi_t, out=da)
             if t % C == 0:  # chunk start: h_{t-1} is a constant for this chunk's losses
                 g.fill(0)
             elif t > 0:

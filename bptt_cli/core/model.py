@@ -142,10 +142,11 @@ def forward_into(
     if W_hhT is None:
         W_hhT = np.ascontiguousarray(params["W_hh"].T)
     phi = ACTIVATIONS[activation][0]
-    for t in range(T):
-        h = hs[t + 1]
-        np.matmul(hs[t], W_hhT, out=h)
-        h += xw[t]
+    # zip over the arrays hands out the per-step (B, H) views without Python-level indexing,
+    # which matters when B is 1 and each NumPy call is mostly overhead.
+    for h_prev, h, xw_t in zip(hs[:-1], hs[1:], xw[:T]):
+        np.matmul(h_prev, W_hhT, out=h)
+        h += xw_t
         phi(h)
 
 

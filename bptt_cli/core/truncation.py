@@ -23,7 +23,8 @@ steps, and the gradient of each chunk's losses runs back W steps from the chunk'
     chunk: [0 1 2 3|4 5 6 7|8 9]        each loss sees back to its chunk's start
     tbptt:4:6 (C = 4, W = 6): chunk [4..7] sees back to step 2; chunk [8..9] to step 6
 
-The engine (``bptt.py``) runs one backward sweep per lag j = 0 .. W-1 over all chunks at once.
+The engine (``bptt.py``) runs W == C modes as one backward chain cut at chunk starts, and
+W > C modes (overlapping windows) as one sweep per lag j = 0 .. W-1 over all chunks at once.
 """
 
 from __future__ import annotations

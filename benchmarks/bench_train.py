@@ -1,0 +1,133 @@
+"""What the trainer, logging and run files cost on top of the bare engine loop.
+
+    python benchmarks/bench_train.py            # 200 updates, 7 alternating repeats
+    python benchmarks/bench_train.py --quick    # 50 updates, 3 repeats
+
+Config A's sizes (B=32, T=100, H=128, I=O=10: the delay task with 10 symbols, T=100),
+full BPTT, global-norm clipping, Adam, float32, one BLAS thread. Rows, timed in alternation:
+
+- bare engine loop: task batch -> loss_and_gradients -> clip -> optimizer step, nothing else;
+- bptt train: ``session.execute`` as ``bptt train`` runs it: the trainer's events, a
+  metrics.jsonl line per update flushed, checkpoints, summary, with evaluation only at the
+  end (eval_every 0); the logging row subtracts that one evaluation (timed on its own in
+  the same alternation), since evaluating is work by design, not overhead;
+- + evaluation every 50 steps (the default), shown separately;
+- + diagnostics every 50 updates (gradient flow, bias, spectrum: extra work by design,
+  off the hot path unless asked for).
+
+Target (issue 7): trainer + logging overhead at most 10% over the bare loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _common import alternate, blas_line, console, machine_line, one_thread, verdict
+from rich.table import Table
+
+from bptt_cli import config as cfgmod
+from bptt_cli.core import clipping, optim
+from bptt_cli.core.bptt import Workspace, loss_and_gradients
+from bptt_cli.core.model import RNN
+from bptt_cli.session import execute
+from bptt_cli.tasks import make_task
+from bptt_cli.trainer import Trainer
+
+
+def make_config(steps: int, *extra: str) -> cfgmod.Config:
+    return cfgmod.load_config(
+        None,
+        [
+            "name=bench",
+            "task.name=delay",
+            "task.vocab=10",
+            "task.delay=5",
+            "task.length=100",
+            "model.hidden=128",
+            "truncation.mode=full",
+            "clip.mode=global_norm",
+            "clip.threshold=5",
+            "optimizer.name=adam",
+            f"train.steps={steps}",
+            "train.batch_size=32",
+            "train.eval_every=0",
+            "train.checkpoint_every=100",
+            *extra,
+        ],
+    )
+
+
+def bare_loop(cfg: cfgmod.Config) -> None:
+    task = make_task(cfg.task.name, cfg.task.params, seed=cfg.seed)
+    params = RNN.init(task.n_in, cfg.model.hidden, task.n_out, seed=cfg.seed).params
+    opt = optim.make(cfg.optimizer.name, **cfg.optimizer.hyper())
+    ws = Workspace()
+    for step in range(cfg.train.steps):
+        b = task.train_batch(step, cfg.train.batch_size)
+        _, grads, _ = loss_and_gradients(params, b.x, b.targets, b.mask, "full", workspace=ws)
+        grads, _ = clipping.clip(grads, cfg.clip.mode, cfg.clip.threshold)
+        opt.step(params, grads)
+
+
+def trainer_run(cfg: cfgmod.Config, root: Path) -> None:
+    d = Path(tempfile.mkdtemp(dir=root))
+    execute(cfg, d)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer updates and repeats")
+    args = ap.parse_args()
+    steps, repeats = (50, 3) if args.quick else (200, 7)
+    base = make_config(steps)
+    with_eval = make_config(steps, "train.eval_every=50")
+    with_diag = make_config(steps, "train.diagnostics_every=50")
+    trainer = Trainer(base)
+    params = trainer.initial_state().params
+    with tempfile.TemporaryDirectory() as tmp, one_thread():
+        root = Path(tmp)
+        t = alternate(
+            {
+                "bare": lambda: bare_loop(base),
+                "train": lambda: trainer_run(base, root),
+                "one_eval": lambda: trainer.evaluate(params),
+                "eval": lambda: trainer_run(with_eval, root),
+                "diag": lambda: trainer_run(with_diag, root),
+            },
+            repeats=repeats,
+            warmup=1,
+        )
+    # Every run ends with one held-out evaluation (eval_size sequences): extra work by
+    # design, like diagnostics, so the logging row takes it out and shows it on its own.
+    t["logging"] = t["train"] - t["one_eval"]
+    out = console()
+    out.print(f"[bold]bench_train[/bold]: {steps} updates, config A sizes, float32, one BLAS thread; median of {repeats}")
+    out.print(machine_line())
+    out.print(blas_line())
+    table = Table()
+    for col in ("run", "total (s)", "ms/update", "vs bare loop", "target"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    bare = t["bare"]
+    rows = [
+        ("bare engine loop", "bare", None),
+        ("bptt train: trainer + logging + files", "logging", 1.10),
+        ("  + the final held-out evaluation", "train", None),
+        ("  + evaluation every 50 steps (default)", "eval", None),
+        ("  + diagnostics every 50 updates", "diag", None),
+    ]
+    for label, key, target in rows:
+        ratio = t[key] / bare
+        table.add_row(
+            label,
+            f"{t[key]:.3f}",
+            f"{t[key] / steps * 1e3:.3f}",
+            f"{ratio:.3f}x",
+            f"<= {target:.2f}x {verdict(ratio <= target)}" if target else "",
+        )
+    out.print(table)
+
+
+if __name__ == "__main__":
+    main()
