@@ -3,10 +3,11 @@
     python benchmarks/check_engine.py            # 400 random trials, float64, rel err < 1e-9
     python benchmarks/check_engine.py --trials 50
 
-Independent of the engine's vectorisation: for each loss step t, the gradient of m_tb L_tb / n
-is pushed back through steps f(t) .. t with a plain Python loop (one step at a time, batch
-rows vectorised), and every weight gradient is accumulated as a per-step outer product. The
-sum over t is compared with the engine for all five gradients, every mode (full,
+Independent of the engine's vectorisation: the gradients come from the definitional
+reference of ``bptt_cli.core.gradcheck`` (for each loss step t, re-run f(t) .. t from a
+constant h_{f(t)-1} and backpropagate L_t alone, per-step outer products), the loss and
+h_last from a plain step-by-step forward. Compared with the engine for all five gradients,
+every mode (full,
 k_truncated:K, subsequence:K, tbptt:K1:K2 including K1 == K2), all activations and both
 losses, on random T in 1..15, B, masks and h0. Not part of the test suite.
 """
@@ -22,75 +23,33 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from bptt_cli.core import bptt
 from bptt_cli.core.bptt import Workspace, loss_and_gradients
+from bptt_cli.core.gradcheck import reference_gradients
 
 KEYS = ("W_xh", "W_hh", "b_h", "W_hy", "b_y")
 GROUP_BYTES, BLOCK_BYTES = bptt._GROUP_BYTES, bptt._BLOCK_BYTES
 
 
-def f_of(spec: str, t: int) -> int:
-    mode, *args = spec.split(":")
-    k = [int(a) for a in args]
-    if mode == "full":
-        return 0
-    if mode == "k_truncated":
-        return max(0, t - k[0])
-    if mode == "subsequence":
-        return k[0] * (t // k[0])
-    return max(0, k[0] * (t // k[0]) + k[0] - k[1])
-
-
-def phi(a, act):
-    return {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0), "identity": lambda v: v}[act](a)
-
-
-def dphi(a, act):
-    if act == "tanh":
-        return 1.0 - np.tanh(a) ** 2
-    if act == "relu":
-        return (a > 0).astype(a.dtype)
-    return np.ones_like(a)
-
-
 def brute(params, x, targets, mask, spec, act, loss, h0):
+    """(loss, gradients, h_last) the plain way: a step-by-step forward and softmax/mse for the
+    loss and h_last, and the package's definitional reference for the gradients (one re-run
+    and one backward chain per loss step, per-step outer products; gradcheck.py)."""
     T, B, _ = x.shape
-    H = params["W_hh"].shape[0]
-    hs = [h0]  # hs[t+1] = h_t
-    As = []
-    for t in range(T):
-        a = x[t] @ params["W_xh"].T + hs[-1] @ params["W_hh"].T + params["b_h"]
-        As.append(a)
-        hs.append(phi(a, act))
-    n = mask.sum()
-    g = {k: np.zeros_like(v) for k, v in params.items()}
+    h = h0
     total = 0.0
+    n = mask.sum()
+    phi = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0), "identity": lambda v: v}[act]
     for t in range(T):
-        y = hs[t + 1] @ params["W_hy"].T + params["b_y"]  # (B, O)
-        w = mask[t][:, None] / n
+        h = phi(x[t] @ params["W_xh"].T + h @ params["W_hh"].T + params["b_h"])
+        y = h @ params["W_hy"].T + params["b_y"]  # (B, O)
         if loss == "cross_entropy":
             z = y - y.max(axis=1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-            p = np.exp(logp)
-            lp = logp[np.arange(B), targets[t]]
-            total += -(mask[t] * lp).sum() / n
-            dy = p.copy()
-            dy[np.arange(B), targets[t]] -= 1
+            total += -(mask[t] * logp[np.arange(B), targets[t]]).sum() / n
         else:
             d = y - targets[t]
             total += 0.5 * (mask[t][:, None] * d * d).sum() / n
-            dy = d
-        dy = dy * w
-        for b in range(B):
-            g["W_hy"] += np.outer(dy[b], hs[t + 1][b])
-        g["b_y"] += dy.sum(axis=0)
-        dh = dy @ params["W_hy"]
-        for s in range(t, f_of(spec, t) - 1, -1):
-            da = dh * dphi(As[s], act)
-            for b in range(B):
-                g["W_hh"] += np.outer(da[b], hs[s][b])
-                g["W_xh"] += np.outer(da[b], x[s][b])
-            g["b_h"] += da.sum(axis=0)
-            dh = da @ params["W_hh"]
-    return total, g, hs[T]
+    grads = reference_gradients(params, x, targets, mask, spec, act, loss, h0)
+    return total, grads, h
 
 
 def random_spec(rng, T):
