@@ -401,8 +401,8 @@ def _status_cell(statuses: dict[str, int]) -> Text:
 
 def variants_table(result: dict) -> Table:
     """One row per variant: status and where it stopped (for runs that did not complete)."""
-    table = Table(title="Variants", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("variant", "seed", "status", "stopped at step", "updates", "eval loss", "run"):
+    table = Table(title=f"Variants (run directories under {result.get('path', '.')})", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("variant", "seed", "status", "stopped at step", "updates", "eval loss", "directory"):
         table.add_column(col, justify="right" if col in ("seed", "updates", "eval loss", "stopped at step") else "left")
     for r in result["variants"]:
         status = r.get("status", "?")
@@ -413,7 +413,7 @@ def variants_table(result: dict) -> Table:
             fmt(r.get("stopped_at")),
             fmt(r.get("updates")),
             fmt(r.get("eval_loss")),
-            r.get("run_dir", ""),
+            r.get("id", ""),
         )
     return table
 
