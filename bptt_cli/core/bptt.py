@@ -271,11 +271,14 @@ def _lag_sweep(dh, dphi, W_hh, C: int, lags: int, c0: int, c1: int, A, G, D) -> 
         lo2 = max(c0, (j + 1) // C)
         if lo2 == c1:
             break
+        # G and D are contiguous (chains, B, H) buffers: as (chains * B, H) rows the step is
+        # one BLAS call; the 3-D form makes one per chain (about 15% slower on config A).
+        H = W_hh.shape[0]
         if da is g:  # identity: G is the matmul's input, write into D
-            np.matmul(g[lo2 - lo :], W_hh, out=D[lo2 - c0 :])
+            np.matmul(g[lo2 - lo :].reshape(-1, H), W_hh, out=D[lo2 - c0 :].reshape(-1, H))
             G, D = D, G
-        else:
-            np.matmul(da[lo2 - lo :], W_hh, out=G[lo2 - c0 :])  # dL/dh_{s-1} = dL/da_s @ W_hh
+        else:  # dL/dh_{s-1} = dL/da_s @ W_hh
+            np.matmul(da[lo2 - lo :].reshape(-1, H), W_hh, out=G[lo2 - c0 :].reshape(-1, H))
         if j + 1 < C:  # still inside the chunk: add the losses of step s-1
             G[lo2 - c0 :] += dh[p0 - 1 : p0 - 1 + (c1 - lo2) * C : C]
 
