@@ -12,7 +12,7 @@ from conftest import SMALL
 
 from bptt_cli.core import bptt
 
-CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "configs").glob("**/*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: Path(p).stem)
