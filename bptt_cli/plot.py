@@ -59,10 +59,10 @@ def _per_step(metrics: list[dict]) -> tuple[list[int], list[float], list[float]]
 
 def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi: int = 100) -> Path:
     """Write the four-panel figure of ``path`` to ``out`` (PNG, or any format by suffix)."""
-    plt = _pyplot()
-    variants = load_variants(path)
+    variants = load_variants(path)  # a wrong path is reported first, with or without matplotlib
     if not variants:
         raise runs.RunError(f"{path} holds no run to plot")
+    plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=size, dpi=dpi)
     (ax_loss, ax_norm), (ax_flow, ax_bias) = axes
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
