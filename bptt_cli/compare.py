@@ -562,6 +562,7 @@ METRIC_PREFERENCE = ("accuracy", "bpc", "error_rate")
 
 def collect(path: Path) -> dict:
     """Read every variant's files into rows: one per variant and one per mode/grid point."""
+    path = Path(path)
     variants, meta = read_plan(path)
     rows = [_variant_row(path, v) for v in variants]
     groups: dict[str, list[dict]] = {}
