@@ -122,7 +122,7 @@ def check_inputs(params, x, targets, mask, h0, loss: str):
         if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.number)):
             raise InvalidInputError(f"mask must be numeric or bool, got dtype {mask.dtype}")
         mask = mask.astype(dt)
-    if not np.isin(mask, (0, 1)).all():
+    if not ((mask == 0) | (mask == 1)).all():
         raise InvalidInputError("mask values must be 0 or 1")
     if not mask.any():
         raise InvalidInputError("mask has no supervised step (all zeros): the loss is undefined")
