@@ -24,7 +24,6 @@ import argparse
 
 import _common
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from bptt_cli.core.bptt import Workspace, forward_and_loss, loss_and_gradients

@@ -26,7 +26,6 @@ import sys
 
 import _common
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from bptt_cli.core.bptt import Workspace, loss_and_gradients

@@ -125,16 +125,6 @@ def _short(key: str) -> str:
     return {"accuracy": "acc", "error_rate": "err"}.get(key, key)
 
 
-def eval_table(evals: list[dict], *, title: str = "Held-out evaluation") -> Table:
-    keys = [k for k in (evals[0] if evals else {}) if k not in ("time",)]
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for e in evals:
-        table.add_row(*[fmt(e.get(k)) for k in keys])
-    return table
-
-
 def flow_table(diag: dict, *, title: str, width: int = 30, max_rows: int = 16) -> Table:
     """Gradient norm ||dL_t/dh_{t-j}|| by lag j, with a log-scale bar."""
     flow = diag.get("flow", {})
