@@ -109,6 +109,12 @@ def train(
             if config is not None or set_ or run_dir is not None or smoke:
                 raise fail("--resume takes the config from the run directory; drop CONFIG, --set, --run-dir and --smoke")
             previous = runs.load_run(resume)
+            if previous.status == "diverged":
+                d = previous.summary.get("diverged_at") or {}
+                raise fail(
+                    f"{resume} diverged at step {d.get('step')}; resuming would replay the same steps and diverge "
+                    "again (runs are deterministic). Start a new run with other settings, e.g. --set clip.mode=global_norm"
+                )
             if previous.status == "completed":
                 err.print(f"{resume} already completed; nothing to resume", markup=False)
                 _report(resume, previous.summary, every=every, quiet=quiet, as_json=as_json)

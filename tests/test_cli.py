@@ -248,6 +248,17 @@ def test_divergence_at_the_first_step(invoke, tmp_path, small):
     assert "diverged" in shown.stdout
 
 
+def test_resume_of_a_diverged_run_is_refused(invoke, tmp_path, small):
+    run = tmp_path / "boom"
+    sets = [a for s in (*small, *DIVERGE, "train.steps=40") for a in ("--set", s)]
+    assert invoke("train", "--run-dir", run, *sets, "-q").exit_code == 0
+    before = (run / "metrics.jsonl").read_bytes()
+    result = invoke("train", "--resume", run)
+    assert_user_error(result, "diverged at step")
+    assert (run / "metrics.jsonl").read_bytes() == before  # nothing replayed or rewritten
+    assert summary_of(run)["status"] == "diverged"
+
+
 def test_fail_on_diverge_exits_1(invoke, tmp_path, small):
     sets = [a for s in (*small, *DIVERGE, "train.steps=40") for a in ("--set", s)]
     result = invoke("train", "--run-dir", tmp_path / "boom", *sets, "--fail-on-diverge", "-q")
