@@ -41,3 +41,29 @@ def test_every_truncation_mode_is_in_the_readme_table():
     section = README.split("## Truncation modes", 1)[1].split("\n## ", 1)[0]
     for spec in ("`full`", "`k_truncated:K`", "`subsequence:K`", "`tbptt:K1:K2`"):
         assert spec in section
+
+
+def _readme_examples() -> list[str]:
+    """Every `bptt ...` line of the README's bash blocks that runs as written (no placeholders)."""
+    lines = []
+    for block in README.split("```bash\n")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            cmd = line.split("  #", 1)[0].strip()
+            if cmd.startswith("bptt ") and "<" not in cmd and "--resume" not in cmd:
+                lines.append(cmd)
+    return lines
+
+
+@pytest.mark.parametrize("example", _readme_examples())
+def test_readme_examples_run(example, tmp_path, monkeypatch):
+    """The README's commands work as written; train and compare shrunk with --smoke."""
+    import shlex
+
+    args = shlex.split(example)[1:]
+    if args[0] in ("train", "compare"):
+        args += ["--smoke", "--runs-root", str(tmp_path), "-q"]
+        if args[0] == "compare":
+            args += ["--workers", "1"]
+    monkeypatch.chdir(ROOT)  # the examples name configs/... relative to the checkout
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{example}\n{result.output}"
