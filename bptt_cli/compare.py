@@ -582,7 +582,7 @@ def _variant_row(path: Path, v: Variant) -> dict:
     s = run.summary
     final = s.get("final") or {}
     metric = next((k for k in METRIC_PREFERENCE if f"eval.{k}" in final), None)
-    losses = [m["loss"] for m in run.metrics if m.get("loss") is not None]
+    _, losses = runs.step_losses(run.metrics)
     norms = [m["grad_norm"] for m in run.metrics if m.get("grad_norm") is not None]
     clipped = [bool(m.get("clipped")) for m in run.metrics]
     updates = s.get("updates") or (run.metrics[-1]["update"] if run.metrics else 0)

@@ -45,16 +45,17 @@ def load_variants(path: Path) -> list[tuple[str, runs.Run]]:
     return [(run.summary.get("truncation") or str((run.config.get("truncation") or {}).get("mode", "")), run)]
 
 
-def _per_step(metrics: list[dict]) -> tuple[list[int], list[float], list[float]]:
-    """(steps, mean training loss of each step's updates, an x for every update spread
-    evenly inside its step)."""
-    by_step: dict[int, list[dict]] = {}
+def _update_positions(metrics: list[dict]) -> list[float]:
+    """An x for every update, spread evenly inside its step (several per step in chunk mode)."""
+    per_step: dict[int, int] = {}
     for m in metrics:
-        by_step.setdefault(m["step"], []).append(m)
-    steps = sorted(by_step)
-    losses = [sum(m["loss"] for m in by_step[s]) / len(by_step[s]) for s in steps]
-    xs = [s - 1 + (i + 1) / len(by_step[s]) for s in steps for i in range(len(by_step[s]))]
-    return steps, losses, xs
+        per_step[m["step"]] = per_step.get(m["step"], 0) + 1
+    seen: dict[int, int] = {}
+    xs = []
+    for m in metrics:
+        i = seen[m["step"]] = seen.get(m["step"], 0) + 1
+        xs.append(m["step"] - 1 + i / per_step[m["step"]])
+    return xs
 
 
 def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi: int = 100) -> Path:
@@ -76,9 +77,8 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
         label = None if group in labelled else (f"{group} ({seeds[group]} seeds)" if seeds[group] > 1 else group)
         labelled.add(group)
         if run.metrics:
-            steps, losses, xs = _per_step(run.metrics)
-            ax_loss.plot(steps, losses, color=c, lw=0.8, alpha=0.8, label=label)
-            ax_norm.plot(xs, [m["grad_norm"] for m in run.metrics], color=c, lw=0.8, alpha=0.8, label=label)
+            ax_loss.plot(*runs.step_losses(run.metrics), color=c, lw=0.8, alpha=0.8, label=label)
+            ax_norm.plot(_update_positions(run.metrics), [m["grad_norm"] for m in run.metrics], color=c, lw=0.8, alpha=0.8, label=label)
         if run.eval:
             ax_loss.plot([e["step"] for e in run.eval], [e["loss"] for e in run.eval], "o--", color=c, ms=3, lw=0.8)
         clip = run.config.get("clip") or {}

@@ -178,6 +178,17 @@ def last_record(path: Path) -> dict:
     return records[-1] if records else {}
 
 
+def step_losses(metrics: list[dict]) -> tuple[list[int], list[float]]:
+    """(steps, mean loss of each step's logged updates): one point per training batch, so a
+    chunk-update run (several updates per step) lines up with the others."""
+    by_step: dict[int, list[float]] = {}
+    for m in metrics:
+        if m.get("loss") is not None:
+            by_step.setdefault(m["step"], []).append(m["loss"])
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
 def remove_temporaries(path: Path) -> None:
     """Delete temporary files left by an atomic write that a kill interrupted."""
     for p in Path(path).glob(".*.tmp"):

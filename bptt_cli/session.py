@@ -94,7 +94,7 @@ def execute(
     try:
         for ev in trainer.run(state):
             if ev.kind == "update":
-                last_update = ev.data
+                last_update = dict(ev.data)
                 if ev.data["update"] % cfg.train.log_every == 0:
                     writer.append("metrics", ev.data)
             elif ev.kind == "eval":
@@ -108,6 +108,7 @@ def execute(
             if on_event is not None:
                 on_event(ev)
             if ev.kind == "step":
+                last_update["loss"] = ev.data["loss"]  # train.loss: the whole step's, not its last chunk's
                 if state.step % cfg.train.checkpoint_every == 0:
                     writer.checkpoint(state.to_arrays())
                 if stop():

@@ -159,8 +159,11 @@ class Trainer:
                 except DivergedError:
                     pass  # the same weights blow up in the training step below, which reports it
             records: list[dict] = []
+            scored: list[tuple[float, float]] = []  # (loss, supervised entries) of each update
+            C = self.truncation.chunk_length(batch.x.shape[0]) if self.chunked else batch.x.shape[0]
 
             def apply(chunk: int, loss: float, grads: dict) -> None:
+                scored.append((loss, float(batch.mask[chunk * C : (chunk + 1) * C].sum())))
                 grads, rec = clipping.clip(grads, self.cfg.clip.mode, self.cfg.clip.threshold)
                 state.optimizer.step(state.params, grads)
                 state.update += 1
@@ -204,20 +207,24 @@ class Trainer:
             state.step = step + 1
             if self.task.stateful:
                 state.h = h_last
+            # The step's loss is that of the whole batch: its updates' losses weighted by their
+            # supervised entries (several chunk updates per step under update_every: chunk).
+            step_loss = sum(l * n for l, n in scored) / sum(n for _, n in scored)
+            train_now = {**records[-1], "loss": step_loss}
             last = state.step == cfg.steps
             met = False
             if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
                 metrics = self.evaluate(state.params)
                 self._track_best(state, metrics)
                 yield Event("eval", {"step": state.step, "update": state.update, **metrics, "time": clock()})
-                met = self._target_met(metrics, records)
+                met = self._target_met(metrics, train_now)
             elif self.target is not None and self.target.metric.startswith("train."):
-                met = self._target_met({}, records)
+                met = self._target_met({}, train_now)
             if met:
                 yield Event("target", {"step": state.step, "update": state.update, "target": str(self.target)})
             state.elapsed = clock()
             # The step's boundary comes last: a stop or checkpoint taken here includes its evaluation.
-            yield Event("step", {"step": state.step, "update": state.update})
+            yield Event("step", {"step": state.step, "update": state.update, "loss": step_loss})
             if met:
                 return
 
@@ -228,12 +235,12 @@ class Trainer:
             if old is None or (v < old if lower_better else v > old):
                 state.best[k] = float(v)
 
-    def _target_met(self, eval_metrics: dict, records: list[dict]) -> bool:
+    def _target_met(self, eval_metrics: dict, train_metrics: dict) -> bool:
         t = self.target
         if t is None:
             return False
         scope, _, key = t.metric.partition(".")
-        source = eval_metrics if scope == "eval" else (records[-1] if records else {})
+        source = eval_metrics if scope == "eval" else train_metrics
         value = source.get(key)
         return isinstance(value, (int, float)) and t.check(float(value))
 

@@ -182,3 +182,29 @@ def test_a_checkpoint_of_another_model_is_refused():
     del arrays["step"]
     with pytest.raises(InvalidInputError, match="missing 'step'"):
         small.state_from_arrays(arrays)
+
+
+def test_the_step_loss_is_the_whole_batch_loss_in_both_schedules():
+    """A step's loss is that of its whole batch: in chunk mode, the chunk losses weighted by
+    their supervised entries (the last chunk's loss alone would misreport it), which equals
+    the sequence-mode loss of the same batch before any update."""
+    from bptt_cli.core.bptt import loss_and_gradients
+    from bptt_cli.tasks import make_task
+
+    cfg, state, events = _events("truncation.mode=subsequence:3", "train.steps=1", "task.length=12", "task.delay=2")
+    (step,) = _of(events, "step")
+    chunks = _of(events, "update")
+    assert len(chunks) == 4  # T = 12 in chunks of 3, each with targets (delay 2 < 3)
+    assert step["loss"] != pytest.approx(chunks[-1]["loss"])
+    # The first chunk runs with the initial weights, so its loss matches the one computed
+    # independently on that chunk; the step loss mixes all four with weights 1, 3, 3, 3.
+    task = make_task(cfg.task.name, cfg.task.params, seed=cfg.seed)
+    b = task.train_batch(0, cfg.train.batch_size)
+    params = Trainer(cfg).initial_state().params
+    first, _, _ = loss_and_gradients(params, b.x[:3], b.targets[:3], b.mask[:3], "full")
+    assert chunks[0]["loss"] == pytest.approx(first, rel=1e-5)
+    n = [b.mask[a : a + 3].sum() for a in range(0, 12, 3)]
+    assert step["loss"] == pytest.approx(sum(c["loss"] * k for c, k in zip(chunks, n)) / sum(n), rel=1e-6)
+
+    _, _, seq_events = _events("train.steps=1", "task.length=12", "task.delay=2")
+    assert _of(seq_events, "step")[0]["loss"] == _of(seq_events, "update")[0]["loss"]

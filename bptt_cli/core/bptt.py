@@ -416,7 +416,7 @@ def chunked_pass(
     T, B, I = x.shape
     H = params["W_hh"].shape[0]
     dt = x.dtype
-    C = tr.chunk_length(T) if tr.mode != "k_truncated" else 1
+    C = tr.chunk_length(T)
     starts = tr.starts(T)
     dphi_of = ACTIVATIONS[activation][1]
     hs = np.empty((T + 1, B, H), dtype=dt)

@@ -87,10 +87,11 @@ class Truncation:
         return np.maximum(0, C * (t // C) + C - W)
 
     def chunk_length(self, T: int) -> int:
-        """Steps per optimizer update under ``update_every: chunk`` (T for modes without chunks)."""
+        """Steps per optimizer update under ``update_every: chunk``: K (subsequence), K1
+        (tbptt), 1 (k_truncated: every step is its own chunk), T (full)."""
         if self.mode in ("subsequence", "tbptt"):
             return min(self.k, T)
-        return T
+        return 1 if self.mode == "k_truncated" else T
 
 
 def parse(spec: str | Truncation) -> Truncation:
