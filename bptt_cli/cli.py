@@ -335,7 +335,7 @@ def compare(
             variants, path = _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root)
     err.print(f"compare: {path} ({len(variants)} variants)", markup=False)
     with StopFlag() as stop, _executor(workers or os.cpu_count() or 1, scheduler, stop) as (executor, in_process):
-        with _live(not quiet and err.is_terminal) as show:
+        with _live(quiet) as show:
             progress = cmp.execute_all(path, variants, executor, in_process=in_process, stop=stop, on_progress=show)
     result = cmp.collect(path)
     cmp.write_results(path, result)
@@ -403,9 +403,22 @@ def _executor(workers: int, scheduler: str | None, stop):
 
 
 @contextmanager
-def _live(enabled: bool):
-    if not enabled:
+def _live(quiet: bool):
+    """Progress of the variants: a live table on a terminal; elsewhere (CI logs) one plain
+    line on stderr each time a variant finishes; nothing with --quiet."""
+    if quiet:
         yield None
+        return
+    if not err.is_terminal:
+        done: set[str] = set()
+
+        def log(prog) -> None:
+            for vid, status in prog.status.items():
+                if vid not in done and status not in ("queued", "running"):
+                    done.add(vid)
+                    err.print(f"variant {vid}: {status} at step {prog.steps.get(vid, 0)} ({len(done)}/{len(prog.status)})", markup=False)
+
+        yield log
         return
     from rich.live import Live
 

@@ -501,6 +501,7 @@ def execute_all(
             else:
                 prog.status[v.id] = "interrupted" if stopping else "failed"
                 _mark_failed(path / v.id, exc, stopping)
+            prog.steps[v.id] = _steps_done(path / v.id)
         for f in pending:
             v = futures[f]
             if f.running() or (path / v.id / "config.yaml").exists():
