@@ -132,7 +132,7 @@ def train(
         else:
             path = runs.new_run_dir(runs_root, cfg.name)
     err.print(f"run: {path}", markup=False)
-    with StopFlag() as stop, render_progress(cfg, not quiet and err.is_terminal) as on_event:
+    with StopFlag() as stop, render_progress(cfg, quiet) as on_event:
         try:
             with user_errors():
                 summary = execute(cfg, path, resume=resume is not None, expect=expectations, stop=stop, on_event=on_event, trainer=trainer)
@@ -165,10 +165,24 @@ def _train_exit_code(path: Path, summary: dict, fail_on_diverge: bool) -> int:
 
 
 @contextmanager
-def render_progress(cfg, enabled: bool):
-    """A live progress bar with loss and gradient norm on stderr (terminals only)."""
-    if not enabled:
+def render_progress(cfg, quiet: bool):
+    """Progress on stderr: a live bar with loss and gradient norm on a terminal; elsewhere
+    (CI logs) one plain line per held-out evaluation; nothing with --quiet."""
+    if quiet:
         yield None
+        return
+    if not err.is_terminal:
+        pending: list[dict] = []  # an evaluation waits for its step's event, which has the step loss
+
+        def log(ev) -> None:
+            if ev.kind == "eval":
+                pending.append(ev.data)
+            elif ev.kind == "step" and pending:
+                e = pending.pop()
+                metrics = ", ".join(f"{k} {render.fmt(v)}" for k, v in e.items() if k not in ("step", "update", "time"))
+                err.print(f"step {e['step']}/{cfg.train.steps}: train loss {render.fmt(ev.data['loss'])}; eval {metrics}", markup=False)
+
+        yield log
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
