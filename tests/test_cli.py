@@ -494,3 +494,20 @@ def test_tables_are_readable_in_an_80_column_terminal(finished):
         console.print(table)
     text = console.file.getvalue()
     assert "…" not in text, text
+
+
+def test_off_a_terminal_train_and_compare_log_plain_progress_lines(invoke, tmp_path, small):
+    sets = [a for s in small for a in ("--set", s)]  # 8 steps, evaluation every 4
+    result = invoke("train", "--run-dir", tmp_path / "r", *sets)
+    assert result.exit_code == 0, result.output
+    err = stderr_of(result)
+    logged = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in logged] == ["step 4/8", "step 8/8"]
+    assert all("train loss" in line and "eval loss" in line and "accuracy" in line for line in logged)
+    assert "\x1b[" not in result.output  # no ANSI codes off a terminal
+
+    result = invoke("compare", "--modes", "full,k_truncated:1", "--workers", "1", "--runs-root", tmp_path, *sets)
+    assert result.exit_code == 0, result.output
+    finished = [line for line in stderr_of(result).splitlines() if line.startswith("variant ")]
+    assert len(finished) == 2 and all("completed at step 8" in line for line in finished)
+    assert finished[-1].endswith("(2/2)")
