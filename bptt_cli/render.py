@@ -327,20 +327,19 @@ def compare_tables(result: dict, *, sort: str | None = None) -> list[Table]:
         present = sorted((r for r in rows if r.get(sort) is not None), key=lambda r: r[sort], reverse=descending)
         rows = present + [r for r in rows if r.get(sort) is None]
     name = result.get("name", "")
-    caption = f"chance {metric} {fmt(chance)}" if metric and chance is not None else None
     outcome = _compare_table(
         rows, OUTCOME_COLUMNS, metric, title=f"Compare {name}: outcome ({result.get('budget', 'sequences')} budget)",
-        caption=caption, curves=True,
+        chance=chance, curves=True,
     )  # fmt: skip
     gradients = _compare_table(rows, GRADIENT_COLUMNS, metric, title=f"Compare {name}: gradients and cost", counts=False)
     return [outcome, gradients]
 
 
 def _compare_table(
-    rows, columns, metric, *, title: str, caption: str | None = None, counts: bool = True, curves: bool = False
+    rows, columns, metric, *, title: str, chance: float | None = None, counts: bool = True, curves: bool = False
 ) -> Table:
     cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("mode / grid point", no_wrap=True)
     if counts:
         table.add_column("status", no_wrap=True)
@@ -356,7 +355,10 @@ def _compare_table(
         if len(vals) > 1:
             best[key] = min(vals) if how == "min" else max(vals)
     for key, header, _ in cols:
-        table.add_column(header.format(metric=metric or "metric"), justify="right")
+        header = header.format(metric=metric or "metric")
+        if key == "metric_value" and chance is not None:
+            header += f"\n(chance {fmt(chance)})"  # how far above chance, at a glance
+        table.add_column(header, justify="right")
     if curves:
         table.add_column("loss curve", no_wrap=True, min_width=16)
     for r in rows:

@@ -102,7 +102,7 @@ def _compare_result() -> dict:
 
 def test_compare_tables_show_mean_std_status_counts_and_chance():
     out = text_of(*render.compare_tables(_compare_result()), width=160)
-    assert "chance accuracy 0.125" in out
+    assert "(chance 0.125)" in out  # under the metric's header
     full = next(line for line in out.splitlines() if line.strip().startswith("full"))
     assert "2/2 ok" in full and "0.01 ± 0.01" in full
     trunc = next(line for line in out.splitlines() if line.strip().startswith("k_truncated:2"))
