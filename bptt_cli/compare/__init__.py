@@ -1,0 +1,69 @@
+"""``bptt compare``: variants (modes x grid points x seeds), executors, aggregation.
+
+Every variant is an ordinary run in its own directory under the compare directory:
+
+    runs/<name>/compare-<UTC timestamp>-<id>/
+        plan.json                   the variants and their resolved configs (written first)
+        <variant id>/               an ordinary run directory (bptt show works on it)
+        compare.json, compare.csv   one row per variant and one aggregated row per mode/grid point
+
+The package is cut along its three seams, each importing only those before it: ``plan``
+(parsing --modes/--seeds/--grid, the variants, the compare directory and its plan file),
+``executors`` (running variants in this process, a process each, or on Dask) and
+``aggregate`` (rows, means over seeds, compare.json and compare.csv). This module only
+re-exports.
+"""
+
+from bptt_cli.compare.aggregate import AGG_FIELDS, CSV_FIELDS, METRIC_PREFERENCE, collect, write_results
+from bptt_cli.compare.executors import (
+    BLAS_THREAD_VARS,
+    ProcessPerTaskExecutor,
+    Progress,
+    WorkerDied,
+    execute_all,
+    run_variant,
+)
+from bptt_cli.compare.plan import (
+    DONE,
+    CompareError,
+    Variant,
+    check_grid_key,
+    default_modes,
+    is_compare_dir,
+    new_compare_dir,
+    parse_grid,
+    parse_modes,
+    parse_seeds,
+    plan,
+    read_plan,
+    variant_state,
+    write_plan,
+)
+
+__all__ = [
+    "AGG_FIELDS",
+    "BLAS_THREAD_VARS",
+    "CSV_FIELDS",
+    "DONE",
+    "METRIC_PREFERENCE",
+    "CompareError",
+    "ProcessPerTaskExecutor",
+    "Progress",
+    "Variant",
+    "WorkerDied",
+    "check_grid_key",
+    "collect",
+    "default_modes",
+    "execute_all",
+    "is_compare_dir",
+    "new_compare_dir",
+    "parse_grid",
+    "parse_modes",
+    "parse_seeds",
+    "plan",
+    "read_plan",
+    "run_variant",
+    "variant_state",
+    "write_plan",
+    "write_results",
+]

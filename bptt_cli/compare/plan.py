@@ -1,0 +1,262 @@
+"""Planning a compare: variants (modes x grid points x seeds) and the compare directory.
+
+Fairness: variants of the same seed share the seed, hence the same training batches, the
+same evaluation set and the same initial weights; only the mode (and grid values) differ.
+With ``budget="sequences"`` each variant trains on the same number of sequences (chunk-update
+modes then make more updates); with ``budget="updates"`` each makes the same number of updates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from bptt_cli import config as cfgmod
+from bptt_cli import runs
+from bptt_cli.core.errors import BpttError
+from bptt_cli.core.truncation import parse as parse_truncation
+
+DONE = ("completed", "diverged")  # a variant with one of these statuses is not run again
+
+
+class CompareError(BpttError, ValueError):
+    """A bad --modes, --seeds, --grid or compare directory."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str  # also the variant's directory name
+    mode: str
+    grid: dict[str, Any]
+    seed: int
+    config: dict  # the resolved config of this variant
+
+    @property
+    def group(self) -> str:
+        """The aggregation key: mode and grid point (seeds are aggregated)."""
+        return " ".join([self.mode, *(f"{k}={_text(v)}" for k, v in self.grid.items())])
+
+
+def _text(v: Any) -> str:
+    return "none" if v is None else str(v)
+
+
+# -- parsing the command line -------------------------------------------------------------
+def parse_modes(text: str) -> list[str]:
+    specs = [s.strip() for s in text.split(",") if s.strip()]
+    if not specs:
+        raise CompareError("--modes needs a comma-separated list such as full,k_truncated:5,subsequence:10")
+    out = []
+    for s in specs:
+        try:
+            canon = str(parse_truncation(s))
+        except ValueError as e:
+            raise CompareError(f"--modes: {e}") from None
+        if canon not in out:
+            out.append(canon)
+    return out
+
+
+def parse_seeds(text: str, base: int) -> list[int]:
+    """``3`` -> three seeds from ``base`` on; ``3,7,11`` -> those seeds."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise CompareError(f"--seeds takes a count (3) or a list of seeds (3,7,11), got {text!r}") from None
+    if len(nums) == 1 and "," not in text:
+        if nums[0] < 1:
+            raise CompareError(f"--seeds {nums[0]}: a count must be >= 1; to name a single seed, add a comma: --seeds {nums[0]},")
+        return list(range(base, base + nums[0]))
+    if not nums or any(n < 0 for n in nums) or len(set(nums)) != len(nums):
+        raise CompareError(f"--seeds list must hold distinct seeds >= 0, got {text!r}")
+    return nums
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """``clip.threshold=1,5,none`` (repeatable) -> {"clip.threshold": [1, 5, None]}."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, eq, values = item.partition("=")
+        key = key.strip()
+        if not eq or not key or not values.strip():
+            raise CompareError(f"--grid expects KEY=V1,V2,... with a dotted key, e.g. clip.threshold=1,5,none; got {item!r}")
+        if key in grid:
+            raise CompareError(f"--grid {key} is given twice; list all its values once: --grid {key}=V1,V2,...")
+        check_grid_key(key)
+        parsed = []
+        for v in values.split(","):
+            data = cfgmod.apply_overrides({}, [f"x={v.strip()}"])
+            parsed.append(data["x"])
+        grid[key] = parsed
+    return grid
+
+
+def check_grid_key(key: str) -> None:
+    """Keys that variants are already made of have options of their own."""
+    own = {"seed": "--seeds", "truncation": "--modes", "compare": None, "name": None}
+    head = key.split(".", 1)[0]
+    if head in own:
+        where = f"use {own[head]} instead" if own[head] else "it is not a setting of a run"
+        raise CompareError(f"--grid cannot vary {key}: {where}")
+
+
+# -- planning -----------------------------------------------------------------------------
+def plan(
+    base: cfgmod.Config,
+    *,
+    modes: list[str] | None = None,
+    seeds: list[int] | None = None,
+    grid: dict[str, list[Any]] | None = None,
+    budget: str = "sequences",
+) -> list[Variant]:
+    """The variants, in a stable order: mode, then grid point, then seed.
+
+    Options given here override the config's ``compare:`` section. Every variant's config
+    is validated now, so a bad grid value fails before anything runs.
+    """
+    section = base.compare
+    if modes is None:
+        modes = section.modes if section and section.modes else default_modes(base)
+    if seeds is None:
+        s = section.seeds if section else None
+        seeds = list(range(base.seed, base.seed + s)) if isinstance(s, int) else list(s or [base.seed])
+    if grid is None:
+        grid = dict(section.grid) if section and section.grid else {}
+    if budget not in ("sequences", "updates"):
+        raise CompareError(f"--budget must be sequences or updates, got {budget!r}")
+    points: list[dict[str, Any]] = [{}]
+    for key, values in grid.items():
+        check_grid_key(key)
+        repeated = sorted({_text(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise CompareError(f"--grid {key} lists {', '.join(repeated)} more than once; each value makes one variant")
+        points = [{**p, key: v} for p in points for v in values]
+
+    data = cfgmod.to_dict(base)
+    data.pop("compare", None)
+    variants = []
+    for mode in modes:
+        for point in points:
+            for seed in seeds:
+                overrides = [f"truncation.mode={mode}", "truncation.update_every=auto", f"seed={seed}"]
+                overrides += [f"{k}={_yaml_value(v)}" for k, v in point.items()]
+                try:
+                    cfg = cfgmod.from_dict(data, overrides, source="compare variant")
+                except cfgmod.ConfigError as e:
+                    raise CompareError(f"variant {mode} {point or ''} seed {seed}: {e}") from None
+                if budget == "updates":
+                    cfg = _equal_updates(cfg, cfg.train.steps)  # the variant's own steps: a grid may set them
+                vid = _variant_id(mode, point, seed)
+                variants.append(Variant(vid, mode, point, seed, cfgmod.to_dict(cfg)))
+    return variants
+
+
+def default_modes(cfg: cfgmod.Config) -> list[str]:
+    """The lecture's three variants: full, k_truncated:K and subsequence:K with the config's K."""
+    k = cfg.truncation.k if cfg.truncation.k is not None else cfg.truncation.k1
+    if k is None:
+        raise CompareError("no modes to compare: pass --modes, add compare.modes to the config, or set truncation.k")
+    return ["full", f"k_truncated:{k}", f"subsequence:{max(1, k)}"]
+
+
+def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _variant_id(mode: str, point: dict, seed: int) -> str:
+    parts = [mode.replace(":", "-")]
+    parts += [f"{k.split('.')[-1]}-{_text(v)}" for k, v in point.items()]
+    parts.append(f"seed{seed}")
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", "_".join(parts))  # a safe directory name
+
+
+def _equal_updates(cfg: cfgmod.Config, updates: int) -> cfgmod.Config:
+    """Give a chunk-update variant as many steps as it needs to make ``updates`` updates."""
+    if cfg.truncation.update != "chunk":
+        return cfg
+    from bptt_cli.tasks import make_task
+
+    task = make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=cfg.model.dtype)
+    batch = task.train_batch(0, cfg.train.batch_size)
+    T = batch.x.shape[0]
+    C = parse_truncation(cfg.truncation.spec).chunk_length(T)
+    per_step = sum(1 for a in range(0, T, C) if batch.mask[a : a + C].any())
+    steps = max(1, math.ceil(updates / max(1, per_step)))
+    return cfgmod.from_dict(cfgmod.to_dict(cfg), [f"train.steps={steps}"])
+
+
+# -- the compare directory ----------------------------------------------------------------
+def new_compare_dir(root: Path, name: str) -> Path:
+    parent = Path(root) / name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    while True:
+        path = parent / f"compare-{stamp}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def write_plan(path: Path, variants: list[Variant], meta: dict) -> None:
+    data = {**meta, "variants": [asdict(v) for v in variants]}
+    runs.atomic_write(path / "plan.json", (json.dumps(runs._jsonable(data), indent=2) + "\n").encode())
+
+
+def read_plan(path: Path) -> tuple[list[Variant], dict]:
+    p = Path(path) / "plan.json"
+    if not p.exists():
+        raise CompareError(f"{path} is not a compare directory (no plan.json)")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        variants = [Variant(**v) for v in data.pop("variants")]
+    except (ValueError, TypeError, KeyError) as e:
+        raise CompareError(f"{p} is unreadable: {e}") from None
+    return variants, data
+
+
+def is_compare_dir(path: Path) -> bool:
+    return (Path(path) / "plan.json").is_file()
+
+
+def variant_state(path: Path, v: Variant) -> str:
+    """completed/diverged (done), interrupted/failed/running (resume or restart), missing."""
+    d = path / v.id
+    if not runs.is_run_dir(d):
+        return "missing"
+    try:
+        return json.loads((d / "summary.json").read_text(encoding="utf-8")).get("status", "missing")
+    except (OSError, ValueError):
+        return "missing"
+
+
+def _steps_done(d: Path) -> int:
+    """The last step in the variant's metrics.jsonl (cheap: reads the file's tail)."""
+    p = d / "metrics.jsonl"
+    try:
+        with open(p, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            lines = f.read().split(b"\n")
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
