@@ -373,6 +373,9 @@ def parse_expectation(s: str) -> Expectation:
     return Expectation(metric, m["op"], bound)
 
 
+MAX_THREADS = 1024
+
+
 class TrainConfig(_Section):
     """The training loop: how long, how big, and how often to evaluate, log and save."""
 
@@ -384,6 +387,17 @@ class TrainConfig(_Section):
     diagnostics_every: Annotated[Int, Field(ge=0)] = Field(0, description="gradient-flow diagnostics every N updates; 0 = off")
     checkpoint_every: Annotated[Int, Field(ge=1)] = Field(100, description="save a checkpoint every N steps (and at the end)")
     target: Str | None = Field(None, description="stop early once met, e.g. eval.accuracy>=0.99; null = run all steps")
+    threads: Union[Literal["auto"], Int] = Field(
+        "auto", description="BLAS threads: auto picks from the model size and free cores; OPENBLAS_NUM_THREADS etc. win over auto"
+    )
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        value = _integral(value)
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THREADS):
+            return value
+        raise ValueError(f"expected auto or a whole number of threads from 1 to {MAX_THREADS}, got {value!r}")
 
     @field_validator("target")
     @classmethod
