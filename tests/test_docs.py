@@ -1,5 +1,6 @@
-"""The README keeps up with the code: every command has help and an example, every task and
-shipped config is documented, and the set-up commands stand at the top."""
+"""The README and docs/ keep up with the code: every command has help and an example, every
+task and mode is documented, every command shown runs, and the set-up commands stand at the
+top of a README short enough to be a front door."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from bptt_cli.tasks import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))}
 COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
 
 
@@ -24,6 +26,21 @@ def test_readme_has_no_unfilled_placeholder():
     assert "PLACEHOLDER" not in README
 
 
+def test_readme_is_a_front_door_that_links_every_docs_page():
+    assert len(README.encode()) < 12_000, "move long sections to docs/"
+    for name in DOCS:
+        assert f"](docs/{name})" in README, f"README does not link docs/{name}"
+
+
+@pytest.mark.parametrize("name", list(DOCS))
+def test_docs_links_point_at_files_that_exist(name):
+    import re
+
+    for target in re.findall(r"\]\(([^)#]+)\)", DOCS[name]):
+        if "://" not in target:
+            assert (ROOT / "docs" / target).exists(), f"docs/{name} links to missing {target}"
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_and_a_readme_example(command):
     result = CliRunner().invoke(app, [command, "--help"])
@@ -32,9 +49,8 @@ def test_every_command_has_help_and_a_readme_example(command):
 
 
 @pytest.mark.parametrize("task", list(REGISTRY))
-def test_every_task_is_in_the_readme_tasks_section(task):
-    section = README.split("## Tasks", 1)[1].split("\n## ", 1)[0]
-    assert f"| `{task}` |" in section
+def test_every_task_is_in_the_tasks_page(task):
+    assert f"| `{task}` |" in DOCS["tasks.md"]
 
 
 def test_every_truncation_mode_is_in_the_readme_table():
@@ -44,19 +60,20 @@ def test_every_truncation_mode_is_in_the_readme_table():
 
 
 def _readme_examples() -> list[str]:
-    """Every `bptt ...` line of the README's bash blocks that runs as written (no placeholders)."""
+    """Every `bptt ...` line of the bash blocks of the README and docs/ that runs as written
+    (no placeholders), once each."""
     lines = []
-    for block in README.split("```bash\n")[1:]:
+    for block in "".join([README, *DOCS.values()]).split("```bash\n")[1:]:
         for line in block.split("```", 1)[0].splitlines():
             cmd = line.split("  #", 1)[0].strip()
             if cmd.startswith("bptt ") and "<" not in cmd and "--resume" not in cmd:
                 lines.append(cmd)
-    return lines
+    return list(dict.fromkeys(lines))
 
 
 @pytest.mark.parametrize("example", _readme_examples())
 def test_readme_examples_run(example, tmp_path, monkeypatch):
-    """The README's commands work as written; train and compare shrunk with --smoke."""
+    """The commands of the README and docs work as written; train and compare shrunk with --smoke."""
     import shlex
 
     args = shlex.split(example)[1:]
