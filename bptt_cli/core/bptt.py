@@ -57,15 +57,31 @@ import numpy as np
 
 from bptt_cli.core.errors import DivergedError, InvalidInputError
 from bptt_cli.core.losses import LOSSES
-from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward_into, outputs
+from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward_into
 from bptt_cli.core.truncation import Truncation, parse
 
 
 class Workspace:
-    """Work buffers reused across calls with the same shapes (never the returned gradients)."""
+    """Work buffers reused across calls with the same shapes (never the returned gradients).
+
+    ``states()`` reads the hidden states of the last forward pass run with this workspace, so
+    a caller (diagnostics) can reuse a training step's forward instead of running it again.
+    """
 
     def __init__(self) -> None:
         self._bufs: dict[tuple, np.ndarray] = {}
+        self._states: np.ndarray | None = None
+
+    def states(self) -> np.ndarray:
+        """hs (T+1, B, H) of the last forward pass: hs[0] = h0, hs[t+1] = h_t.
+
+        Filled by ``loss_and_gradients``, ``forward_and_loss`` and ``chunked_pass`` (where
+        step t ran with the weights of its chunk, before that chunk's update). A view of a
+        work buffer: valid until the next call with this workspace; copy it to keep it.
+        """
+        if self._states is None:
+            raise InvalidInputError("no forward pass has run with this workspace yet")
+        return self._states
 
     def get(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
         key = (name, shape, np.dtype(dtype))
@@ -162,7 +178,23 @@ def check_inputs(params, x, targets, mask, h0, loss: str):
     return targets, mask, h0
 
 
+def _new_grads(params: dict) -> dict:
+    """Zeroed gradients with the params' keys and shapes: C-ordered views into one fresh
+    buffer, so a call allocates once and checks finiteness once (``_check_finite_grads``)."""
+    dt = params["W_hh"].dtype
+    flat = np.zeros(sum(params[k].size for k in PARAM_NAMES), dt)
+    grads, at = {}, 0
+    for k in PARAM_NAMES:
+        n = params[k].size
+        grads[k] = flat[at : at + n].reshape(params[k].shape)
+        at += n
+    return grads
+
+
 def _check_finite_grads(grads: dict) -> None:
+    flat = grads["W_xh"].base  # the buffer of _new_grads
+    if flat is not None and flat.size == sum(g.size for g in grads.values()) and np.isfinite(flat).all():
+        return
     for k, g in grads.items():
         if not np.isfinite(g).all():
             raise DivergedError(f"gradient {k}")
@@ -190,12 +222,13 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
     O = dy.shape[0]
     dt = hs.dtype
     W_hh, W_hy = params["W_hh"], params["W_hy"]
-    Tb = min(T, _block_steps(B, H, dt))
-    buf = ws.get("block", (Tb, B, H), dt)  # dL/dh_t of the block's steps, then A_t over them
+    # Buffers at the full block size whatever T: chunked_pass calls this for chunks of several lengths.
+    buf = ws.get("block", (_block_steps(B, H, dt), B, H), dt)  # dL/dh_t of a block's steps, then A_t
+    dphi_buf = ws.get("dphi_block", buf.shape, dt)
+    Tb = min(T, buf.shape[0])
     g = ws.get("g", (B, H), dt, zero=True)  # dL/dh_t from the steps after t
-    dphi_buf = ws.get("dphi_block", (Tb, B, H), dt)
     ones = np.ones(Tb * B, dt)
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    grads = _new_grads(params)
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
         n = (t1 - t0) * B
@@ -295,32 +328,43 @@ def _dphi_into(activation: str, h: np.ndarray, out: np.ndarray) -> np.ndarray | 
     return out
 
 
+def _forward_span(params, x, hs, y, t0: int, t1: int, activation: str, ws: Workspace, W_hhT, W_hyT) -> None:
+    """Steps t0 .. t1-1 of the forward pass in blocks: h_t into hs[t+1], W_hy h_t into y[:, t-t0].
+
+    y (O, t1-t0, B) class-major, without b_y; hs[t0] must hold h_{t0-1}. A block's input
+    projections, its steps and its outputs run while the block's rows are in cache.
+    """
+    B, H = hs.shape[1:]
+    O = W_hyT.shape[1]
+    Tb = _block_steps(B, H, hs.dtype)
+    xw = ws.get("block", (Tb, B, H), hs.dtype)  # a block's input projections
+    y_rows = ws.get("y_block", (Tb * B, O), hs.dtype)  # a block's outputs, one row per (t, b)
+    for b0 in range(t0, t1, Tb):
+        b1 = min(b0 + Tb, t1)
+        forward_into(params, x[b0:b1], hs[b0 : b1 + 1], xw[: b1 - b0], activation, W_hhT)
+        n = (b1 - b0) * B
+        # Row-major matmul, then a transposing copy: twice as fast as one matmul into y's layout.
+        np.matmul(hs[b0 + 1 : b1 + 1].reshape(n, H), W_hyT, out=y_rows[:n])
+        y[:, b0 - t0 : b1 - t0] = y_rows[:n].T.reshape(O, b1 - b0, B)
+
+
 def forward_and_loss(params, x, targets, mask, h0, activation: str, loss: str, ws: Workspace):
     """The forward pass and the loss of checked inputs: (loss, hs (T+1, B, H), dy (O, T, B)).
 
-    hs[t+1] = h_t lives in the workspace. The outputs, and so dy = dL/dy, are class-major,
-    y (O, T, B), so the loss reduces over contiguous rows (losses.py). Time runs in blocks:
-    a block's input projections, its steps and its outputs while its rows are in cache.
+    hs[t+1] = h_t lives in the workspace (``ws.states()``). The outputs, and so dy = dL/dy,
+    are class-major, y (O, T, B), so the loss reduces over contiguous rows (losses.py).
     """
     T, B, _ = x.shape
     H = params["W_hh"].shape[0]
     O = params["W_hy"].shape[0]
     dt = x.dtype
-    Tb = min(T, _block_steps(B, H, dt))
     hs = ws.get("hs", (T + 1, B, H), dt)  # hs[t+1] = h_t
     hs[0] = 0 if h0 is None else h0
-    xw = ws.get("block", (Tb, B, H), dt)  # a block's input projections
+    ws._states = hs
     y = ws.get("y", (O, T, B), dt)
-    y_rows = ws.get("y_block", (Tb * B, O), dt)  # a block's outputs, one row per (t, b)
     W_hhT = np.ascontiguousarray(params["W_hh"].T)
     W_hyT = np.ascontiguousarray(params["W_hy"].T)
-    for t0 in range(0, T, Tb):
-        t1 = min(t0 + Tb, T)
-        forward_into(params, x[t0:t1], hs[t0 : t1 + 1], xw[: t1 - t0], activation, W_hhT)
-        n = (t1 - t0) * B
-        # Row-major matmul, then a transposing copy: twice as fast as one matmul into y's layout.
-        np.matmul(hs[t0 + 1 : t1 + 1].reshape(n, H), W_hyT, out=y_rows[:n])
-        y[:, t0:t1] = y_rows[:n].T.reshape(O, t1 - t0, B)
+    _forward_span(params, x, hs, y, 0, T, activation, ws, W_hhT, W_hyT)
     y += params["b_y"][:, None, None]
     if loss == "mse":
         targets = np.moveaxis(targets, -1, 0)  # (O, T, B), a view
@@ -397,6 +441,7 @@ def chunked_pass(
     activation: str = "tanh",
     loss: str = "cross_entropy",
     h0: np.ndarray | None = None,
+    workspace: Workspace | None = None,
 ) -> np.ndarray:
     """The ``update_every: chunk`` schedule: an update after every chunk, inside one sequence.
 
@@ -405,57 +450,105 @@ def chunked_pass(
     the current parameters (the hidden state carries on: the forward is never truncated),
     the chunk's loss sum(m L)/sum(m) over its own steps is differentiated through each
     step's window f(t) .. t, and ``on_chunk(index, loss, grads)`` is called; it may update
-    ``params`` in place, and later chunks run with the updated weights. A window that
-    reaches into an earlier chunk uses the stored states and, for each step's Jacobian,
-    the W_hh that step actually ran with. Chunks without a supervised step are skipped.
-    Returns h_last (B, H).
+    ``params`` in place, and later chunks run with the updated weights. ``grads`` holds
+    fresh arrays that the pass never touches again (the callback may keep or modify them).
+    A window that reaches into an earlier chunk uses the stored states and, for each step's
+    Jacobian, the W_hh that step actually ran with. Chunks without a supervised step are
+    skipped. Returns h_last (B, H); ``workspace`` as in ``loss_and_gradients``.
+
+    The engine is that of ``loss_and_gradients``, one chunk at a time: the blocked forward
+    into the workspace's hs, the class-major loss, and weight gradients as matmuls over the
+    window's rows. Chunks whose windows do not overlap (W == C: full, subsequence, tbptt:K:K)
+    run the chain of ``_chain_gradients`` over their own steps; overlapping windows (W > C)
+    run ``_window_gradients``, which keeps the W_hh of the last W // C + 2 chunks in a ring::
+
+        tbptt:2:5   chunks  [0 1|2 3|4 5|6 7]
+                    chunk 3's window       3 4 5|6 7    steps 3 .. 5 with chunk 1's and 2's W_hh
     """
     tr = parse(truncation)
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
+    ws = workspace if workspace is not None else Workspace()
     T, B, I = x.shape
     H = params["W_hh"].shape[0]
+    O = params["W_hy"].shape[0]
     dt = x.dtype
     C = tr.chunk_length(T)
-    starts = tr.starts(T)
-    dphi_of = ACTIVATIONS[activation][1]
-    hs = np.empty((T + 1, B, H), dtype=dt)
+    firsts = np.arange(0, T, C)
+    f_of = tr.starts(T)[firsts]  # every step of a chunk shares its window start
+    lasts = np.minimum(firsts + C, T)
+    Wmax = int((lasts - f_of).max())  # the longest window, in steps
+    overlap = bool((f_of < firsts).any())
+    supervised = np.add.reduceat(mask.sum(axis=1), firsts) > 0
+    hs = ws.get("hs", (T + 1, B, H), dt)
     hs[0] = 0 if h0 is None else h0
-    xw = np.empty((T, B, H), dtype=dt)
-    W_ran = []  # W_ran[c] = the W_hh that chunk c's steps ran with
-    for c, a in enumerate(range(0, T, C)):
-        b = min(a + C, T)
-        forward_into(params, x[a:b], hs[a : b + 1], xw[a:b], activation)
-        W_ran.append(params["W_hh"].copy())
-        m = mask[a:b]
-        if not m.any():
+    ws._states = hs
+    y_flat = ws.get("chunk_y", (O * C * B,), dt)
+    R = Wmax // C + 2  # chunks a window can reach: its own and those its W - C extra steps touch
+    W_ran = ws.get("W_ran", (R, H, H), dt) if overlap else None  # W_ran[c % R]: chunk c's W_hh
+    for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
+        n = b - a
+        y = y_flat[: O * n * B].reshape(O, n, B)  # contiguous whatever n
+        # The weights may have changed since the last chunk, so the transposed copies are redone;
+        # for a few steps the copy (25 us at H = 128) costs more than matmuls from the view save.
+        W_hhT = np.ascontiguousarray(params["W_hh"].T) if n >= 16 else params["W_hh"].T
+        W_hyT = np.ascontiguousarray(params["W_hy"].T)
+        _forward_span(params, x, hs, y, a, b, activation, ws, W_hhT, W_hyT)
+        if overlap:
+            W_ran[c % R] = params["W_hh"]
+        if not supervised[c]:
             continue
-        y = outputs(params, hs[a : b + 1])  # (b-a, B, O)
-        value, dy = LOSSES[loss](y, targets[a:b], m)
+        y += params["b_y"][:, None, None]
+        tg = targets[a:b] if loss == "cross_entropy" else np.moveaxis(targets[a:b], -1, 0)
+        value, dy = LOSSES[loss](y, tg, mask[a:b], axis=0)  # dy (O, n, B)
         if not np.isfinite(value):
             raise DivergedError("loss")
-        f = int(starts[a])  # every step of a chunk shares its window start
-        n = b - f
-        dh_direct = (dy.reshape(-1, dy.shape[2]) @ params["W_hy"]).reshape(b - a, B, H)
-        A = np.empty((n, B, H), dtype=dt)  # A[s - f] = dL_chunk/da_s
-        g = np.zeros((B, H), dtype=dt)
-        for s in range(b - 1, f - 1, -1):
-            if s >= a:
-                g += dh_direct[s - a]
-            da = g if dphi_of is None else g * dphi_of(hs[s + 1])
-            A[s - f] = da
-            g = da @ W_ran[s // C]
-        A2 = A.reshape(n * B, H)
-        grads = {
-            "W_xh": A2.T @ x[f:b].reshape(n * B, I),
-            "W_hh": A2.T @ hs[f:b].reshape(n * B, H),
-            "b_h": A2.sum(axis=0),
-            "W_hy": dy.reshape(-1, dy.shape[2]).T @ hs[a + 1 : b + 1].reshape((b - a) * B, H),
-            "b_y": dy.reshape(-1, dy.shape[2]).sum(axis=0),
-        }
+        if f == a:  # the window is the chunk itself
+            grads = _chain_gradients(params, x[a:b], hs[a : b + 1], dy, n, activation, ws)
+        else:
+            grads = _window_gradients(params, x, hs, dy, a, b, f, C, W_ran, activation, ws)
         _check_finite_grads(grads)
         on_chunk(c, value, grads)
     return hs[T].copy()
+
+
+def _window_gradients(params, x, hs, dy, a: int, b: int, f: int, C: int, W_ran, activation: str, ws: Workspace) -> dict:
+    """One chunk's gradient under overlapping windows (W > C), for ``chunked_pass``.
+
+    The chunk covers steps a .. b-1 and its window f .. b-1 (f < a); dy (O, b-a, B) is its
+    dL/dy. One backward chain from b-1 to f: the direct terms enter on the chunk's own
+    steps, and step s's Jacobian uses W_ran[(s // C) % len(W_ran)], the W_hh it ran with.
+    The window's adjoints A_s (b-f, B, H) then give every weight gradient as one matmul.
+    """
+    B, H = hs.shape[1:]
+    I = x.shape[2]
+    O = dy.shape[0]
+    dt = hs.dtype
+    R = W_ran.shape[0]
+    n, L = b - a, b - f
+    A = ws.get("chunk_A", (R * C, B, H), dt)[:L]  # A[s - f] = dL_chunk/da_s; R * C >= any window
+    dphi = _dphi_into(activation, hs[f + 1 : b + 1], ws.get("chunk_dphi", (R * C, B, H), dt)[:L])
+    dy2 = dy.reshape(O, n * B)
+    np.matmul(dy2.T, params["W_hy"], out=A[a - f :].reshape(n * B, H))  # direct terms dL/dh_t
+    g = ws.get("g", (B, H), dt, zero=True)  # dL/dh_s from the steps after s
+    for s in range(b - 1, f - 1, -1):
+        row = A[s - f]
+        if s >= a:
+            g += row
+        if dphi is None:
+            row[...] = g
+        else:
+            np.multiply(g, dphi[s - f], out=row)
+        if s > f:
+            np.matmul(row, W_ran[(s // C) % R], out=g)  # dL/dh_{s-1} = dL/da_s @ W_hh(s)
+    A2 = A.reshape(L * B, H)
+    grads = _new_grads(params)
+    np.matmul(A2.T, x[f:b].reshape(L * B, I), out=grads["W_xh"])
+    np.matmul(A2.T, hs[f:b].reshape(L * B, H), out=grads["W_hh"])
+    np.matmul(np.ones(L * B, dt), A2, out=grads["b_h"])  # the sum over rows; BLAS is 3x faster than A.sum(axis=0)
+    np.matmul(dy2, hs[a + 1 : b + 1].reshape(n * B, H), out=grads["W_hy"])
+    dy2.sum(axis=1, out=grads["b_y"])
+    return grads
 
 
 def state_jacobian(

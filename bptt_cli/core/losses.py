@@ -15,21 +15,31 @@ import numpy as np
 
 
 def cross_entropy(y: np.ndarray, targets: np.ndarray, mask: np.ndarray, *, axis: int = -1) -> tuple[float, np.ndarray]:
-    """Softmax cross-entropy over the class axis; ``targets (T, B)`` integer class indices."""
-    yc = np.moveaxis(y, axis, 0)  # (O, T, B), a view
+    """Softmax cross-entropy over the class axis; ``targets (T, B)`` integer class indices.
+
+    Few NumPy calls, because ``chunked_pass`` calls it once per chunk of a handful of steps:
+    the class-major buffer z (O, T, B) is written once and the target entries are reached
+    through flat indices target * T*B + (t*B + b) instead of a three-array fancy index.
+    """
+    yc = y if axis == 0 else np.moveaxis(y, axis, 0)  # (O, T, B), a view
     peak = yc.max(axis=0)  # (T, B)
-    z = yc - peak  # shifted for a stable exp
+    z = np.empty(yc.shape, y.dtype)  # C-contiguous whatever y's layout, so z.reshape(-1) is a view
+    np.subtract(yc, peak, out=z)  # shifted for a stable exp
+    zf = z.reshape(-1)
+    at_target = targets.reshape(-1) * targets.size
+    at_target += np.arange(targets.size)  # flat index of [targets[t, b], t, b]
+    shifted = zf[at_target]  # y_target - peak, (T*B,)
     np.exp(z, out=z)
     total = z.sum(axis=0)  # (T, B)
     z /= total  # z is now softmax(y)
-    at_target = (targets, *np.indices(targets.shape, sparse=True))  # picks [targets[t, b], t, b]
-    logp = yc[at_target] - peak - np.log(total)  # (T, B)
-    n = mask.sum(dtype=np.float64)
-    loss = float(-(mask * logp).sum(dtype=np.float64) / n)
+    logp = shifted - np.log(total.reshape(-1))
+    m = mask.reshape(-1)
+    n = float(m.sum(dtype=np.float64))
+    loss = -float(np.dot(m.astype(np.float64), logp.astype(np.float64))) / n
     # dL/dy = (softmax - onehot) * m / n, written into the softmax buffer
-    z[at_target] -= 1
-    z *= (mask / n).astype(y.dtype, copy=False)
-    return loss, np.moveaxis(z, 0, axis)
+    zf[at_target] -= 1
+    z *= (mask * (1 / n)).astype(y.dtype, copy=False)
+    return loss, z if axis == 0 else np.moveaxis(z, 0, axis)
 
 
 def mse(y: np.ndarray, targets: np.ndarray, mask: np.ndarray, *, axis: int = -1) -> tuple[float, np.ndarray]:

@@ -1,0 +1,88 @@
+"""The engine's fast paths against the brute-force reference: chunk updates on a shared
+workspace, the workspace's states accessor, the bounded-memory lag sweep, and the exact
+O(T) k-truncation of the identity activation. All in float64 against ``tests/reference.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference as ref
+from bptt_cli.core import bptt
+from bptt_cli.core.errors import InvalidInputError
+
+KEYS = ref.KEYS
+TOL = 1e-10
+
+
+def assert_grads_match(got: dict, want: dict, what: str, tol: float = TOL) -> None:
+    assert set(got) == set(KEYS), sorted(got)
+    for k in KEYS:
+        assert got[k].shape == want[k].shape, (what, k)
+        err = ref.rel_err(got[k], want[k])
+        assert err < tol, f"{what}: gradient {k} off, relative error {err:.3e}"
+
+
+# -- chunk updates on the workspace ----------------------------------------------------------
+@pytest.mark.parametrize("spec", ["subsequence:3", "tbptt:2:5", "tbptt:3:3", "k_truncated:2", "full"])
+def test_chunked_pass_with_a_shared_workspace_matches_replay(spec):
+    """One workspace across lengths, batch sizes and a plain loss_and_gradients call in between:
+    what one call leaves in the buffers must not leak into the next."""
+    ws = bptt.Workspace()
+    rng = np.random.default_rng(30)
+    for T, B, lk in [(11, 2, "mse"), (7, 3, "cross_entropy"), (11, 2, "cross_entropy"), (1, 1, "mse")]:
+        p, x, tg, m, h0 = ref.random_problem(rng, T, B, 3, 4, 3, lk, density=0.7, with_h0=True)
+        bptt.loss_and_gradients(p, x * 2, tg, m, "k_truncated:3", activation="tanh", loss=lk, workspace=ws)
+        lr = 0.05
+        seen = []
+
+        def on_chunk(index, loss, grads, p=p, seen=seen):
+            seen.append((index, loss, {k: grads[k].copy() for k in KEYS}))
+            for k in KEYS:
+                p[k] -= lr * grads[k]
+
+        p0 = {k: v.copy() for k, v in p.items()}
+        h_last = bptt.chunked_pass(p, x, tg, m, spec, on_chunk, activation="tanh", loss=lk, h0=h0, workspace=ws)
+        p_ref, records, h_ref = ref.chunked_replay(p0, x, tg, m, spec, "tanh", lk, h0, lr=lr)
+        assert [i for i, _, _ in seen] == [i for i, _, _ in records]
+        for (i, L, g), (_, L_r, g_r) in zip(seen, records):
+            assert L == pytest.approx(L_r, rel=1e-10), f"{spec} T={T} chunk {i} loss"
+            assert_grads_match(g, g_r, f"{spec} T={T} B={B} chunk {i}")
+        assert_grads_match(p, p_ref, f"{spec} T={T} final weights")
+        np.testing.assert_allclose(h_last, h_ref, rtol=1e-10, atol=1e-13)
+
+
+def test_chunk_grads_are_fresh_arrays():
+    """The callback may keep a chunk's gradients: later chunks and calls never write into them."""
+    rng = np.random.default_rng(31)
+    p, x, tg, m, _ = ref.random_problem(rng, 9, 2, 3, 4, 3, "cross_entropy", density=1.0)
+    ws = bptt.Workspace()
+    kept = []
+    bptt.chunked_pass(p, x, tg, m, "tbptt:3:5", lambda i, L, g: kept.append((g, {k: v.copy() for k, v in g.items()})),
+                      workspace=ws)
+    bptt.chunked_pass(p, x * 0.5, tg, m, "tbptt:3:5", lambda i, L, g: None, workspace=ws)
+    assert len(kept) == 3
+    for i, (g, copy) in enumerate(kept):
+        for k in KEYS:
+            np.testing.assert_array_equal(g[k], copy[k], err_msg=f"chunk {i} {k} overwritten")
+            for j, (other, _) in enumerate(kept):
+                if j != i:
+                    assert not np.shares_memory(g[k], other[k]), (i, j, k)
+
+
+# -- the states accessor ---------------------------------------------------------------------
+def test_workspace_states_after_each_entry_point():
+    rng = np.random.default_rng(32)
+    p, x, tg, m, h0 = ref.random_problem(rng, 8, 3, 2, 5, 3, "mse", with_h0=True)
+    ws = bptt.Workspace()
+    with pytest.raises(InvalidInputError, match="no forward pass"):
+        ws.states()
+    hs_r, _, _ = ref.forward(p, x, "relu", h0)
+    bptt.loss_and_gradients(p, x, tg, m, "k_truncated:2", activation="relu", loss="mse", h0=h0, workspace=ws)
+    assert ws.states().shape == (9, 3, 5)
+    np.testing.assert_allclose(ws.states(), hs_r, rtol=1e-12, atol=1e-14)
+    # chunked_pass: with no update every chunk runs with the same weights, so the same states.
+    _, x2, _, _, _ = ref.random_problem(rng, 8, 3, 2, 5, 3, "mse")
+    bptt.chunked_pass(p, x2, tg, m, "subsequence:3", lambda *a: None, activation="relu", loss="mse", workspace=ws)
+    np.testing.assert_allclose(ws.states(), ref.forward(p, x2, "relu")[0], rtol=1e-12, atol=1e-14)
