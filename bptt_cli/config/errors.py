@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 
 from bptt_cli.core.errors import BpttError
@@ -39,7 +40,7 @@ class ConfigError(BpttError, ValueError):
         return (type(self), (self.message, self.path, self.source, self.line, self.column, self.others))
 
     def _one_line(self) -> str:
-        where = self.source or ""
+        where = _printable(self.source or "")  # a file name or --set value may hold a newline
         if self.source and self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
@@ -49,6 +50,11 @@ class ConfigError(BpttError, ValueError):
 
     def __str__(self) -> str:
         return "\n".join(e._one_line() for e in (self, *self.others))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines too) escaped, for one-line messages."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _hint(word: str, choices: Sequence[str], prefix: str = "") -> str:

@@ -36,6 +36,10 @@ def from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), *, source:
     """Validate plain data (as read from YAML) into a Config; ConfigError if it is not valid."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping of config keys, got {type(data).__name__}", None, source)
+    try:
+        _check_keys(data)  # before the deep copy of apply_overrides: the data may come from a file
+    except ConfigError as e:
+        raise _locate(e, source, {}, {}) from None
     merged = apply_overrides(data, overrides)
     return _validate(merged, source, {}, _blame(overrides))
 

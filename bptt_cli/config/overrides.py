@@ -9,7 +9,7 @@ from typing import Any
 
 from bptt_cli.config.errors import ConfigError
 from bptt_cli.config.schema import _OPTIMIZER_DEFAULTS
-from bptt_cli.config.yaml_io import _parse_yaml
+from bptt_cli.config.yaml_io import _char_name, _control_at, _parse_yaml
 
 
 _OVERRIDE_FORM = "--set expects KEY=VALUE with a dotted key such as truncation.k=5"
@@ -80,6 +80,14 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     if isinstance(overrides, str):
         overrides = [overrides]
     for item in overrides:
+        bad = _control_at(str(item))
+        if bad:
+            ch, _, _ = bad
+            raise ConfigError(
+                f"control character {_char_name(ch)} at character {str(item).index(ch) + 1}; "
+                "--set values must be plain text",
+                None, f"--set {item}",
+            )
         key, eq, text = str(item).partition("=")
         key = key.strip()
         if not eq or not _KEY.fullmatch(key):

@@ -1,0 +1,191 @@
+"""Hostile and careless configs: every one ends in one message, never a hang or a traceback.
+
+Two layers are tested. In-process, ``load_config`` must raise a ``ConfigError`` naming the
+file (with line and column where there is one) or the key. Through the command line, a
+representative subset must exit 2 with exactly one line on stderr, no "Traceback" and no
+run directory, within a subprocess timeout (a hang fails the test; nothing times anything).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bptt_cli.config import ConfigError, load_config
+from bptt_cli.config.yaml_io import MAX_CONFIG_BYTES, MAX_DEPTH
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 20  # seconds; only a hang gets near it
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def refused(path, overrides=()) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return info.value
+
+
+def alias_bomb(levels: int) -> str:
+    """The "billion laughs" in YAML: 9**levels strings from a file of a few hundred bytes."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    lines.append(f"compare:\n  grid:\n    seed: *a{levels}")
+    return "\n".join(lines) + "\n"
+
+
+def bptt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "bptt_cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def assert_one_message(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# -- YAML that could hang or explode ------------------------------------------------------
+@pytest.mark.parametrize("levels", [4, 5, 6, 7, 8, 9])
+def test_alias_bomb_is_refused_naming_the_file(tmp_path, levels):
+    path = write(tmp_path, alias_bomb(levels))
+    assert path.stat().st_size < 1024
+    e = refused(path)
+    assert e.source == str(path) and e.line is not None
+    assert "aliases expand to too many nodes" in str(e)
+
+
+def test_aliases_that_expand_a_little_are_fine(tmp_path):
+    text = "defaults: &d\n  steps: 5\n  batch_size: 4\ntrain: *d\n"
+    e = refused(write(tmp_path, text))  # 'defaults' is not a key: the alias itself was read
+    assert e.path == "defaults" and "unknown key" in str(e)
+    cfg = load_config(write(tmp_path, "train: &t {steps: 5, eval_every: 5}\ncompare:\n  grid:\n    train.steps: [5, 6]\n"))
+    assert cfg.train.steps == 5
+
+
+def test_alias_cycle_is_refused(tmp_path):
+    e = refused(write(tmp_path, "compare:\n  grid:\n    seed: &x [1, *x]\n"))
+    assert "refers to a node that contains it" in str(e) and e.line == 3
+
+
+def test_merge_key_chains_are_bounded(tmp_path):
+    text = "m0: &m0 {steps: 5}\n" + "".join(f"m{i}: &m{i} {{<<: *m{i - 1}}}\n" for i in range(1, 300))
+    e = refused(write(tmp_path, text))
+    assert f"more than {MAX_DEPTH} levels deep" in str(e)
+
+
+@pytest.mark.parametrize("levels", [5_000, 20_000, 500_000])
+def test_deep_flow_nesting_is_refused(tmp_path, levels):
+    e = refused(write(tmp_path, "compare:\n  grid:\n    seed: " + "[" * levels + "]" * levels + "\n"))
+    assert f"more than {MAX_DEPTH} levels deep" in str(e) and e.line == 3
+
+
+@pytest.mark.parametrize("levels", [5_000, 20_000])
+def test_deep_mapping_nesting_is_refused(tmp_path, levels):
+    e = refused(write(tmp_path, "a: " + "{a: " * levels + "1" + "}" * levels + "\n"))
+    assert f"more than {MAX_DEPTH} levels deep" in str(e)
+
+
+def test_deep_block_nesting_is_refused(tmp_path):
+    e = refused(write(tmp_path, "".join(" " * i + "a:\n" for i in range(1000))))
+    assert f"more than {MAX_DEPTH} levels deep" in str(e) and e.line == MAX_DEPTH
+
+
+def test_too_many_values_is_refused(tmp_path):
+    e = refused(write(tmp_path, "compare:\n  grid:\n    seed: [" + "1, " * 100_000 + "1]\n"))
+    assert "too many values" in str(e)
+
+
+def test_deep_python_data_is_refused_without_recursion():
+    from bptt_cli.config import from_dict
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ConfigError, match="levels deep"):
+        from_dict({"compare": {"grid": {"seed": deep}}})
+
+
+# -- files that are not config files ------------------------------------------------------
+def test_config_over_one_megabyte_is_refused_before_reading(tmp_path):
+    path = write(tmp_path, "name: x\n" + "#" * (2 * MAX_CONFIG_BYTES) + "\n")
+    e = refused(path)
+    assert e.source == str(path) and "a config file may be at most 1,048,576 bytes" in str(e)
+
+
+def test_config_of_exactly_the_limit_is_read(tmp_path):
+    text = "name: x\n"
+    path = write(tmp_path, text + "#" * (MAX_CONFIG_BYTES - len(text) - 1) + "\n")
+    assert load_config(path).name == "x"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    e = refused(fifo)
+    assert "is a FIFO" in str(e) and e.source == str(fifo)
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_dev_zero_is_refused_without_reading(tmp_path):
+    assert "is a device" in str(refused(Path("/dev/zero")))
+    link = tmp_path / "zero.yaml"
+    link.symlink_to("/dev/zero")
+    assert "is a device" in str(refused(link))
+
+
+def test_directory_and_non_utf8(tmp_path):
+    assert "is a directory" in str(refused(tmp_path))
+    e = refused(write(tmp_path, b"name: x\nseed: \xc3\x28\n"))
+    assert "not UTF-8 text: byte 0xc3 at offset 14" in str(e)
+
+
+# -- control characters ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("char", "name"), [("\x00", "U+0000 (NUL)"), ("\x07", "U+0007 (BEL)"), ("\x1b", "U+001B (ESC)"), ("\x7f", "U+007F (DEL)")]
+)
+def test_control_character_in_a_file_is_refused_with_its_place(tmp_path, char, name):
+    e = refused(write(tmp_path, f"name: x\ntrain:\n  steps: 3{char}\n"))
+    assert (e.line, e.column) == (3, 11)
+    assert f"control character {name}" in str(e)
+
+
+def test_tabs_and_crlf_are_still_fine(tmp_path):
+    assert load_config(write(tmp_path, "# a\tcomment\r\nname: x\r\ntrain:\r\n  steps: 3\r\n")).train.steps == 3
+
+
+def test_control_character_spelled_as_an_escape_is_refused(tmp_path):
+    e = refused(write(tmp_path, 'task:\n  name: text\n  path: "corpus\\0.txt"\n'))
+    assert e.path == "task.path" and "control character U+0000 (NUL)" in str(e)
+
+
+@pytest.mark.parametrize("item", ["name=a\x00b", "name=a\x07b", "compare.grid={seed: [1, \x1b]}"])
+def test_control_character_in_set_is_refused_and_shown_escaped(item):
+    e = refused(None, [item])
+    assert "--set values must be plain text" in str(e)
+    assert "\n" not in str(e) and not any(c in str(e) for c in "\x00\x07\x1b")
+
+
+def test_newline_in_a_file_name_stays_one_line(tmp_path):
+    path = tmp_path / "two\nlines.yaml"
+    e = refused(path)
+    assert "\n" not in str(e) and "no such config file" in str(e)
