@@ -47,11 +47,12 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Every deliberate bptt error becomes one line on stderr and exit code 2."""
+    """Every deliberate bptt error becomes one line on stderr and exit code 2 (or the error's
+    own ``exit_code``: a run whose files could not be written mid-way failed, exit 1)."""
     try:
         yield
     except BpttError as e:
-        raise fail(str(e)) from None
+        raise fail(str(e), getattr(e, "exit_code", EXIT_USAGE)) from None
 
 
 class StopFlag:
@@ -124,7 +125,13 @@ def train(
             cfg = cfgmod.load_config(config, set_)
             if smoke:
                 cfg = cfgmod.smoke(cfg)
-        trainer = Trainer(cfg)
+        try:
+            trainer = Trainer(cfg)
+        except MemoryError:
+            raise fail(
+                f"not enough memory to build the task and model of this config (task {cfg.task.name}, "
+                f"model.hidden {cfg.model.hidden}, train.eval_size {cfg.train.eval_size}); make them smaller"
+            ) from None
         if resume is not None:
             path = resume
         elif run_dir is not None:
@@ -140,10 +147,12 @@ def train(
             raise
         except Exception as e:  # an internal error: keep the traceback in the run, no wall of text here
             log = path / "error.log"
-            if not log.exists():
-                log.write_text(traceback.format_exc(), encoding="utf-8")
-            raise fail(f"the run failed with {type(e).__name__}: {e} (traceback in {log})", EXIT_FAILED) from None
-    _report(path, summary, every=every, quiet=quiet, as_json=as_json)
+            if not (log.is_file() and not log.is_symlink()):
+                log = runs.write_error_log(path, traceback.format_exc())
+            where = f" (traceback in {log})" if log else ""
+            raise fail(f"the run failed with {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{where}", EXIT_FAILED) from None
+    with user_errors():
+        _report(path, summary, every=every, quiet=quiet, as_json=as_json)
     raise typer.Exit(_train_exit_code(path, summary, fail_on_diverge))
 
 
@@ -258,7 +267,7 @@ def list_runs(root: Path = typer.Argument(Path("runs"), help="Folder to search f
     for p in paths:
         try:
             run = runs.load_run(p)
-        except BpttError as e:
+        except (BpttError, OSError) as e:  # one damaged run never hides the others
             err.print(f"skipping {p}: {e}", markup=False)
             continue
         s, final = run.summary, run.summary.get("final") or {}

@@ -22,6 +22,7 @@ STATUS_STYLE = {
     "diverged": "bold red",
     "interrupted": "yellow",
     "failed": "bold red",
+    "crashed": "bold red",  # summary said running, but its writer is gone (killed)
 }
 
 

@@ -5,10 +5,17 @@ resolved config before training starts, appends each event to the run's logs as 
 checkpoints on step boundaries, and writes ``summary.json`` in ``finally`` whatever ends the
 run: completion, divergence, a stop request (Ctrl-C, SIGTERM), or an unexpected error.
 It never prints; ``on_event`` lets the caller show progress.
+
+One process writes a run at a time (``runs.RunLock``, taken before anything is written). A
+resume checks what it continues: the checkpoint's counters lie within the run's steps, the
+config is the one the run started with (only ``train.steps`` may change) and the task's data
+are the same (a content fingerprint recorded at the start).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import traceback
 from datetime import datetime, timezone
@@ -16,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from bptt_cli import runs
-from bptt_cli.config import Config, Expectation, dump_yaml
+from bptt_cli.config import Config, Expectation, dump_yaml, from_dict, to_dict
 from bptt_cli.core.errors import BpttError
 from bptt_cli.trainer import Event, Trainer
 
@@ -40,21 +47,29 @@ def execute(
     Returns the summary that was written. ``stop()`` is polled after every step; when it
     says so the run checkpoints and ends ``interrupted``. A KeyboardInterrupt raised
     mid-step also ends ``interrupted`` (the logs hold every update that finished).
+    ``runs.RunBusy`` when another process is writing ``run_dir``.
     """
-    run_dir = Path(run_dir)
+    with runs.RunLock(run_dir):
+        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer)
+
+
+def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer) -> dict:
     trainer = trainer or Trainer(cfg)
+    data_fingerprint = _data_fingerprint(trainer.task)
     writer = runs.RunWriter(run_dir)
     last_update: dict = {}
     last_eval: dict = {}
     if resume:
-        previous = _read_summary(run_dir)
+        previous, _ = runs.read_summary(run_dir)
         if previous.get("status") == "completed":
             raise runs.RunError(
                 f"{run_dir} already completed ({previous.get('steps_done')}/{previous.get('steps')} steps); nothing to resume"
             )
+        _check_same_experiment(cfg, run_dir, previous, data_fingerprint)
         runs.remove_temporaries(run_dir)
-        arrays = runs.load_checkpoint(run_dir)
+        arrays = runs.load_checkpoint(run_dir, cap=_checkpoint_cap(trainer))
         state = trainer.state_from_arrays(arrays)
+        _check_counters(cfg, run_dir, state)
         runs.truncate_logs(run_dir, state.step)
         # The summary's final metrics come from the last logged lines if no new ones arrive.
         last_update = runs.last_record(run_dir / "metrics.jsonl")
@@ -62,7 +77,7 @@ def execute(
         started = previous.get("started", _now())
         resumed = previous.get("resumed", 0) + 1
     else:
-        writer.write_config(dump_yaml(cfg))
+        writer.write_config(dump_yaml(_with_absolute_path(cfg)))
         state = trainer.initial_state()
         writer.checkpoint(state.to_arrays())  # so even a run killed in its first steps can resume
         started, resumed = _now(), 0
@@ -83,6 +98,8 @@ def execute(
         "started": started,
         "resumed": resumed,
         "env": runs.environment(),
+        "data": data_fingerprint,
+        "config_digest": _config_digest(cfg),
     }
     writer.summary({**summary, "steps_done": state.step, "updates": state.update})
     last_diag: dict = {}
@@ -123,9 +140,10 @@ def execute(
         status = "failed"
         summary["error"] = f"{type(e).__name__}: {e}"
         if not isinstance(e, BpttError):
-            (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+            runs.write_error_log(run_dir, traceback.format_exc())
         raise
     finally:
+        failing = status == "failed"  # an error is on its way up: the writes below are best effort
         if on_boundary:
             # The state sits between two steps, so it is exactly resumable. Diverged,
             # failed and hard-interrupted runs keep their last periodic checkpoint.
@@ -148,9 +166,85 @@ def execute(
             summary["diagnostics"] = _diag_summary(last_diag)
         if expect:
             summary["expectations"] = check_expectations(expect, summary["final"])
-        writer.summary(summary)
-        writer.close()
+        try:
+            writer.summary(summary)
+        except runs.RunWriteError:
+            if not failing:
+                raise
+        finally:
+            writer.close()
     return summary
+
+
+def _data_fingerprint(task) -> str | None:
+    """A content hash of the task's data (the text task's file), so a resume can tell that the
+    data changed; None for generated tasks, which are a function of the config."""
+    fp = getattr(task, "fingerprint", None)
+    if callable(fp):
+        return str(fp())
+    if getattr(task, "data_hash", None):
+        return str(task.data_hash)
+    if getattr(task, "p", {}).get("path") and isinstance(getattr(task, "text", None), str):
+        return "sha256:" + hashlib.sha256(task.text.encode("utf-8")).hexdigest()
+    return None
+
+
+def _config_digest(cfg: Config) -> str:
+    """What must not change between a run's sessions: the config but train.steps (which may
+    grow) and task.path (where the data live; their content is checked by fingerprint)."""
+    data = to_dict(cfg)
+    data["train"].pop("steps", None)
+    data["task"].pop("path", None)
+    return "sha256:" + hashlib.sha256(json.dumps(runs._jsonable(data), sort_keys=True).encode()).hexdigest()
+
+
+def _with_absolute_path(cfg: Config) -> Config:
+    """The config as recorded in the run: a relative task.path made absolute, so a resume from
+    another folder reads the same file."""
+    path = cfg.task.params.get("path")
+    if not isinstance(path, str) or Path(path).is_absolute():
+        return cfg
+    data = to_dict(cfg)
+    data["task"]["path"] = str(Path(path).resolve())
+    return from_dict(data)
+
+
+def _check_same_experiment(cfg: Config, run_dir: Path, previous: dict, fingerprint: str | None) -> None:
+    recorded = previous.get("config_digest")
+    if recorded and recorded != _config_digest(cfg):
+        raise runs.RunError(
+            f"{run_dir / 'config.yaml'} was changed since the run started; only train.steps may change "
+            "on resume. Start a new run for other settings"
+        )
+    data = previous.get("data")
+    if data and data != fingerprint:
+        where = cfg.task.params.get("path")
+        raise runs.RunError(
+            f"the task's data changed since the run started ({where or 'the task data'} has other content now); "
+            "resuming would continue a different experiment. Restore the file or start a new run"
+        )
+
+
+def _check_counters(cfg: Config, run_dir: Path, state) -> None:
+    ckpt = run_dir / "checkpoint.npz"
+    if state.step < 0 or state.update < 0:
+        raise runs.RunError(f"{ckpt} claims step {state.step}, update {state.update}; counters cannot be negative")
+    if state.step > cfg.train.steps:
+        raise runs.RunError(
+            f"{ckpt} is at step {state.step:,}, beyond the run's train.steps = {cfg.train.steps:,}; "
+            "train.steps cannot be lowered below the checkpoint (and a checkpoint cannot come from the future)"
+        )
+
+
+def _checkpoint_cap(trainer: Trainer) -> int:
+    """Bytes a checkpoint of this config can need: parameters, up to four optimizer slots per
+    parameter, the carried hidden state, plus room for counters. Anything above is refused
+    before it is unpacked."""
+    cfg = trainer.cfg
+    item = trainer.dtype.itemsize
+    n_in, n_out, h = trainer.task.n_in, trainer.task.n_out, cfg.model.hidden
+    params = (n_in * h + h * h + h + h * n_out + n_out) * max(item, 8)
+    return 5 * params + cfg.train.batch_size * h * max(item, 8) + (1 << 16)
 
 
 def _final(last_update: dict, last_eval: dict) -> dict:
@@ -184,12 +278,3 @@ def check_expectations(expect: tuple[Expectation, ...], final: dict) -> list[dic
         ok = value is not None and e.check(float(value))
         rows.append({"expect": str(e), "metric": e.metric, "value": value, "ok": ok})
     return rows
-
-
-def _read_summary(run_dir: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

@@ -250,7 +250,11 @@ def test_sigkill_then_resume_redoes_only_the_steps_since_the_checkpoint(invoke, 
     assert json.loads((run / "summary.json").read_text())["status"] == "running"  # nobody finalised it
     shown = invoke("show", run)
     assert shown.exit_code == 0, shown.output
-    assert "torn" in shown.output and "running" in shown.stdout
+    assert "torn" in shown.output
+    assert "crashed" in shown.stdout and "running, 0/" not in shown.stdout  # its writer is gone
+    listed = invoke("runs", tmp_path)
+    assert listed.exit_code == 0, listed.output
+    assert "crashed" in listed.stdout
 
     ckpt_step = int(runs.load_checkpoint(run)["step"])
     assert ckpt_step % 5 == 0 and ckpt_step >= 5

@@ -4,6 +4,7 @@ and malformed lines named, truncation for resume, claiming and finding run direc
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_read_jsonl_reports_a_torn_last_line_as_a_problem(tmp_path):
 
 def test_read_jsonl_names_a_malformed_middle_line_by_file_and_line(tmp_path):
     p = tmp_path / "eval.jsonl"
-    p.write_text('{"step": 1}\nnot json\n{"step": 3}\n', encoding="utf-8")
+    p.write_text('{"step": 1, "loss": 1.0}\nnot json\n{"step": 3, "loss": 0.5}\n', encoding="utf-8")
     records, problems = runs.read_jsonl(p)
     assert [r["step"] for r in records] == [1, 3]
     assert len(problems) == 1 and problems[0].startswith("eval.jsonl:2: malformed")
@@ -118,7 +119,7 @@ def test_read_jsonl_refuses_records_without_a_step(tmp_path):
 
 def test_truncate_logs_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     _write_lines(tmp_path / "metrics.jsonl", [{"step": s, "update": s} for s in range(1, 8)], tail='{"step": 8, "up')
-    _write_lines(tmp_path / "eval.jsonl", [{"step": 2}, {"step": 4}, {"step": 6}])
+    _write_lines(tmp_path / "eval.jsonl", [{"step": s, "loss": 1.0} for s in (2, 4, 6)])
     runs.truncate_logs(tmp_path, 4)
     metrics, problems = runs.read_jsonl(tmp_path / "metrics.jsonl", strict=True)
     assert problems == []
@@ -205,10 +206,25 @@ def test_load_run_reads_a_killed_run_and_names_its_problems(tmp_path):
     run = _fake_run(tmp_path / "r", status="running")
     _write_lines(run / "metrics.jsonl", [{"step": 1}, {"step": 2}], tail='{"st')
     loaded = runs.load_run(run)
-    assert loaded.status == "running"
+    assert loaded.status == "crashed"  # nobody holds its lock: the writer died
+    assert loaded.summary["steps_done"] == 2
     assert [m["step"] for m in loaded.metrics] == [1, 2]
     assert loaded.eval == [] and loaded.diagnostics == []
     assert any("metrics.jsonl:3" in p and "torn" in p for p in loaded.problems)
+    assert any("bptt train --resume" in p for p in loaded.problems)
+
+
+def test_a_run_whose_writer_holds_the_lock_reads_as_running(tmp_path):
+    run = _fake_run(tmp_path / "r", status="running")
+    with runs.RunLock(run):
+        assert runs.load_run(run).status == "running"
+        holder = runs.lock_holder(run)
+        assert holder is not None and holder["pid"] == os.getpid()
+        with pytest.raises(runs.RunBusy, match=f"pid {os.getpid()}"):
+            runs.RunLock(run).acquire(tries=1)
+    assert runs.lock_holder(run) is None
+    assert runs.load_run(run).status == "crashed"
+    runs.RunLock(run).acquire().release()  # free again after its holder let go
 
 
 def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
