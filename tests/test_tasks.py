@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bptt_cli.tasks import REGISTRY, Batch, Task, TaskError, get_task_class, make_task
-from bptt_cli.tasks.grammar import corpus, sentences
+from bptt_cli.tasks.base import CORPUS_STREAM
+from bptt_cli.tasks.grammar import corpus, corpus_bytes, sentences
 
 NAMES = list(REGISTRY)
 ONE_HOT = [n for n in NAMES if n not in ("adding", "sine")]
@@ -22,6 +23,12 @@ FAST = settings(max_examples=30, deadline=None)
 def tokens(batch: Batch) -> np.ndarray:
     """The symbol index ``(T, B)`` of a one-hot input."""
     return batch.x.argmax(axis=-1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Text files are cached under the test's own directory, never the user's ~/.cache."""
+    monkeypatch.setenv("BPTT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def write(tmp_path, text: str, name: str = "corpus.txt"):
@@ -537,11 +544,19 @@ def test_grammar_same_seed_same_text():
 
 def test_text_task_uses_the_grammar_corpus():
     task = make_task("text", seed=4)
-    assert task.text == make_task("text", seed=4).text
-    assert task.text != make_task("text", seed=5).text
+    text = task.decode()
+    assert text == corpus(np.random.default_rng([4, CORPUS_STREAM]), 2000, 2)
+    assert text == make_task("text", seed=4).decode()
+    assert text != make_task("text", seed=5).decode()
     deeper = make_task("text", {"depth": 3, "n_sentences": 500})
-    assert deeper.text != make_task("text", {"n_sentences": 500}).text
-    assert Counter(task.text)["\n"] == 2000
-    for line in task.text.splitlines():
+    assert deeper.decode() != make_task("text", {"n_sentences": 500}).decode()
+    assert Counter(text)["\n"] == 2000
+    for line in text.splitlines():
         Parser(line).sentence()
-    assert task.vocab == "".join(sorted(set(task.text)))
+    assert task.vocab == "".join(sorted(set(text)))
+
+
+@pytest.mark.parametrize(("n", "batch"), [(1, 1), (25, 10), (30, 10), (31, 7)])
+def test_grammar_corpus_bytes_are_the_corpus_drawn_in_batches(n, batch):
+    rng = lambda: np.random.default_rng([9, 2])  # noqa: E731
+    assert corpus_bytes(rng(), n, 3, batch=batch) == corpus(rng(), n, 3).encode("utf-8")

@@ -7,6 +7,7 @@ See ``base.py`` for the contract every task keeps.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -48,6 +49,18 @@ def get_task_class(name: str) -> type[Task]:
         ) from None
 
 
-def make_task(name: str, params: Mapping[str, Any] | None = None, *, seed: int = 0, dtype=np.float32) -> Task:
-    """Build task ``name`` from its parameters (defaults for the rest), a seed and a dtype."""
-    return get_task_class(name)(params, seed=seed, dtype=dtype)
+def make_task(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    dtype=np.float32,
+    cache_dir: Path | None = None,
+) -> Task:
+    """Build task ``name`` from its parameters (defaults for the rest), a seed and a dtype.
+
+    ``cache_dir``: where a task that reads a file keeps its encoded form (the text task's
+    memory-mapped corpus, shared by every process that reads the same bytes); None for the
+    default, ``$BPTT_CACHE_DIR`` or ``$XDG_CACHE_HOME/bptt`` or ``~/.cache/bptt``.
+    """
+    return get_task_class(name)(params, seed=seed, dtype=dtype, cache_dir=cache_dir)

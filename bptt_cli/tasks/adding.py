@@ -27,8 +27,8 @@ class AddingTask(Task):
     params = (Param("length", 50, "sequence length T (the first mark is in the first half)", int, low=4),)
     loss = "mse"
 
-    def __init__(self, params=None, *, seed=0, dtype=np.float32) -> None:
-        super().__init__(params, seed=seed, dtype=dtype)
+    def __init__(self, params=None, **kw) -> None:
+        super().__init__(params, **kw)  # seed, dtype, cache_dir
         self.n_in, self.n_out = 2, 1
         self.length = self.p["length"]
 

@@ -48,8 +48,8 @@ class AgreementTask(Task):
     )
     loss = "cross_entropy"
 
-    def __init__(self, params=None, *, seed=0, dtype=np.float32) -> None:
-        super().__init__(params, seed=seed, dtype=dtype)
+    def __init__(self, params=None, **kw) -> None:
+        super().__init__(params, **kw)  # seed, dtype, cache_dir
         C, F = self.p["n_classes"], self.p["n_fillers"]
         self.n_in, self.n_out = C + F + 2, C
         self.length = self.p["distance"] + 2

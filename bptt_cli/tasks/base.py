@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
@@ -93,8 +94,11 @@ class Task(ABC):
     n_out: int
     length: int  # T, the number of time steps of every batch
 
-    def __init__(self, params: Mapping[str, Any] | None = None, *, seed: int = 0, dtype=np.float32) -> None:
+    def __init__(
+        self, params: Mapping[str, Any] | None = None, *, seed: int = 0, dtype=np.float32, cache_dir: Path | None = None
+    ) -> None:
         self.seed = int(seed)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)  # where tasks that read files cache them
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TaskError(f"dtype must be float32 or float64, got {self.dtype}", "dtype")
@@ -161,6 +165,11 @@ class Task(ABC):
         """Loss (and accuracy, for classification) of the best input-blind predictor,
         under the engine's loss convention (mean over supervised entries; mse is 0.5 * sum
         of squares over outputs)."""
+
+    def fingerprint(self) -> str | None:
+        """A hash of data read from outside the config (a text file), or None when the config
+        and seed alone determine every batch. Resume compares it with the one recorded."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Plain data for tables and summaries."""

@@ -39,8 +39,8 @@ class CopyMemoryTask(Task):
     )
     loss = "cross_entropy"
 
-    def __init__(self, params=None, *, seed=0, dtype=np.float32) -> None:
-        super().__init__(params, seed=seed, dtype=dtype)
+    def __init__(self, params=None, **kw) -> None:
+        super().__init__(params, **kw)  # seed, dtype, cache_dir
         self.n_in, self.n_out = N_CATEGORIES + 2, N_CATEGORIES + 1
         self.length = self.p["gap"] + 2 * self.p["n_symbols"] + 1
 

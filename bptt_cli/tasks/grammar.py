@@ -92,3 +92,12 @@ def sentences(
 def corpus(rng: np.random.Generator, n: int, depth: int) -> str:
     """The text of ``n`` sentences, one per line (with a final newline)."""
     return "\n".join(sentences(rng, n, depth)) + "\n"
+
+
+def corpus_bytes(rng: np.random.Generator, n: int, depth: int, batch: int = 10_000) -> bytes:
+    """``corpus(rng, n, depth)`` as UTF-8, drawn ``batch`` sentences at a time: the same bytes
+    (one generator, the same draws in the same order) without a list of all ``n`` sentences."""
+    out = bytearray()
+    for start in range(0, n, batch):
+        out += ("\n".join(sentences(rng, min(batch, n - start), depth)) + "\n").encode("utf-8")
+    return bytes(out)

@@ -38,8 +38,8 @@ class SineTask(Task):
     )
     loss = "mse"
 
-    def __init__(self, params=None, *, seed=0, dtype=np.float32) -> None:
-        super().__init__(params, seed=seed, dtype=dtype)
+    def __init__(self, params=None, **kw) -> None:
+        super().__init__(params, **kw)  # seed, dtype, cache_dir
         self.n_in = self.n_out = 1
         self.length = self.p["length"]
 

@@ -35,8 +35,8 @@ class TemporalOrderTask(Task):
     params = (Param("length", 50, "sequence length T (relevant symbols near 0.1 T and 0.5 T)", int, low=10),)
     loss = "cross_entropy"
 
-    def __init__(self, params=None, *, seed=0, dtype=np.float32) -> None:
-        super().__init__(params, seed=seed, dtype=dtype)
+    def __init__(self, params=None, **kw) -> None:
+        super().__init__(params, **kw)  # seed, dtype, cache_dir
         self.n_in, self.n_out = N_SYMBOLS, 4
         self.length = self.p["length"]
 

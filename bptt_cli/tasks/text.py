@@ -28,6 +28,12 @@ its first steps are a little harder than in a stateful pass).
 
 Chance: the best input-blind predictor is the unigram distribution p of the training text:
 loss H(p) = -sum_c p_c ln p_c nats, bpc H(p) / ln 2, accuracy max_c p_c.
+
+Size. The text is never held as a str: ``corpus.py`` reads a file in chunks, encodes it to ids
+in the smallest unsigned dtype and memory-maps it from a cache keyed by the file's sha256
+(``cache_dir``, shared by every process), so a file larger than memory trains in bounded
+memory and batches are cut from the ids on demand. ``fingerprint()`` is that sha256 (of the
+generated text for the generated corpus), for resume to check the data did not change.
 """
 
 from __future__ import annotations
@@ -36,30 +42,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bptt_cli.tasks import grammar
+from bptt_cli.tasks import corpus, grammar
 from bptt_cli.tasks.base import CORPUS_STREAM, Batch, Param, Task, TaskError, _check_batch_size
 
-
-def read_text(path: Path) -> str:
-    """The UTF-8 text of ``path``, or a TaskError naming the file and the ``path`` parameter."""
-    where = f"task 'text' parameter 'path': {str(path)!r}"
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TaskError(f"{where} does not exist", "path") from None
-    except IsADirectoryError:
-        raise TaskError(f"{where} is a directory, not a text file", "path") from None
-    except OSError as e:
-        raise TaskError(f"{where} cannot be read ({e.strerror})", "path") from None
-    if not data:
-        raise TaskError(f"{where} is empty", "path")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise TaskError(
-            f"{where} is not UTF-8 text: byte {data[e.start]:#04x} at offset {e.start} cannot be decoded",
-            "path",
-        ) from None
+MAX_LENGTH = 100_000  # T; a window is T + 1 characters of every stream
+MAX_SENTENCES = 500_000  # ~15-25 s of generation (depth 2-10, 27-45 us a sentence), ~35 MB of text
 
 
 class TextTask(Task):
@@ -69,30 +56,37 @@ class TextTask(Task):
     description = "Character-level language model over a text file or a generated agreement corpus (stateful)."
     params = (
         Param("path", None, "UTF-8 text file; null for the generated corpus", str, optional=True),
-        Param("length", 50, "window length T (characters per training step)", int, low=1),
+        Param("length", 50, "window length T (characters per training step)", int, low=1, high=MAX_LENGTH),
         Param("eval_fraction", 0.1, "share of the text, at its end, held out", float, low=0.01, high=0.5),
         Param("depth", 2, "generated corpus only: deepest nesting of relative clauses", int, low=0, high=10),
-        Param("n_sentences", 2000, "generated corpus only: number of sentences", int, low=1),
+        Param("n_sentences", 2000, "generated corpus only: number of sentences", int, low=1, high=MAX_SENTENCES),
     )
     loss = "cross_entropy"
     stateful = True
 
-    def __init__(self, params=None, *, seed=0, dtype=np.float32) -> None:
-        super().__init__(params, seed=seed, dtype=dtype)
+    path: Path | None  # the text file, resolved to an absolute path (None: the generated corpus)
+    data_hash: str  # "sha256:<hex>" of the text's bytes
+
+    def __init__(self, params=None, *, seed=0, dtype=np.float32, cache_dir: Path | None = None) -> None:
+        super().__init__(params, seed=seed, dtype=dtype, cache_dir=cache_dir)
         self.length = T = self.p["length"]
         if self.p["path"] is None:
-            text = grammar.corpus(self.rng(CORPUS_STREAM), self.p["n_sentences"], self.p["depth"])
+            data = grammar.corpus_bytes(self.rng(CORPUS_STREAM), self.p["n_sentences"], self.p["depth"])
+            self.path = None
             self.source = f"the generated corpus ({self.p['n_sentences']} sentences)"
             self._culprit = "n_sentences"  # the parameter to blame when the text is too short
+            self.corpus = corpus.load_bytes(data, f"task 'text': {self.source}")
         else:
-            text = read_text(Path(self.p["path"]))
-            self.source = f"text file {self.p['path']!r}"
+            given = self.p["path"]
+            self.path = _resolve(Path(given))
+            self.source = f"text file {given!r}" + ("" if str(self.path) == given else f" ({self.path})")
             self._culprit = "path"
-        self.text = text
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")  # (N,) code points
-        uniq, ids = np.unique(codes, return_inverse=True)
-        self.vocab = "".join(map(chr, uniq))  # sorted by code point
+            cache = self.cache_dir if self.cache_dir is not None else corpus.default_cache_dir()
+            self.corpus = corpus.load_file(self.path, f"task 'text' parameter 'path': {self.source}", cache)
+        self.data_hash = f"sha256:{self.corpus.sha256}"
+        self.vocab = self.corpus.vocab  # sorted by code point
         self.n_in = self.n_out = len(self.vocab)
+        ids = self.corpus.ids  # (N,), a read-only memory map when cached
         n_eval = int(round(len(ids) * self.p["eval_fraction"]))
         n_train = len(ids) - n_eval
         if min(n_train, n_eval) < T + 1:
@@ -102,14 +96,25 @@ class TextTask(Task):
                 f"but each part needs at least one window of length + 1 = {T + 1}",
                 self._culprit,
             )
-        self._train_ids = ids[:n_train].astype(np.int64)
-        self._eval_ids = ids[n_train:].astype(np.int64)
+        self._train_ids = ids[:n_train]  # views: batches read only the windows they need
+        self._eval_ids = ids[n_train:]
+
+    def fingerprint(self) -> str:
+        """``sha256:<hex>`` of the text read (the file's bytes, or the generated corpus's)."""
+        return self.data_hash
+
+    def decode(self, start: int = 0, stop: int | None = None) -> str:
+        """Characters ``start:stop`` of the whole text (training part first)."""
+        return self.corpus.decode(start, stop)
 
     def _onehot(self, chunk: np.ndarray) -> Batch:
         """The batch of a ``(T+1, B)`` block of character ids."""
-        x = np.eye(self.n_in, dtype=self.dtype)[chunk[:-1]]  # (T, B, V)
-        mask = np.ones(chunk[1:].shape, dtype=self.dtype)
-        return Batch(x, chunk[1:].copy(), mask)
+        ids = chunk.astype(np.int64)  # (T+1, B)
+        x = np.zeros((*ids[:-1].shape, self.n_in), dtype=self.dtype)  # (T, B, V)
+        np.put_along_axis(x, ids[:-1, :, None], 1, axis=-1)
+        mask = np.ones(ids[1:].shape, dtype=self.dtype)
+        return Batch(x, ids[1:].copy(), mask)
+
 
     def windows_per_epoch(self, batch_size: int) -> int:
         """W: the number of distinct training windows for ``batch_size`` streams."""
@@ -150,7 +155,15 @@ class TextTask(Task):
         return out
 
     def chance(self) -> dict[str, float]:
-        p = np.bincount(self._train_ids, minlength=self.n_out) / len(self._train_ids)
+        p = self.corpus.counts(len(self._train_ids)) / len(self._train_ids)  # (V,), no pass over the text
         p = p[p > 0]
         h = float(-(p * np.log(p)).sum())
         return {"loss": h, "bpc": float(h / np.log(2)), "accuracy": float(p.max())}
+
+
+def _resolve(path: Path) -> Path:
+    """``path`` made absolute with symlinks resolved, as far as it exists."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: name it as given, the open reports it
+        return path.absolute()
