@@ -76,6 +76,7 @@ class Trainer:
         self.target: Expectation | None = parse_expectation(cfg.train.target) if cfg.train.target else None
         self.workspace = Workspace()
         self._eval_batch: Batch | None = None
+        self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
 
     # -- state ------------------------------------------------------------------------
     def initial_state(self) -> TrainState:
@@ -90,7 +91,7 @@ class Trainer:
             seed=self.cfg.seed,
             dtype=self.dtype,
         )
-        return TrainState(model.params, self._optimizer())
+        return TrainState(optim.flatten(model.params), self._optimizer())
 
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> TrainState:
         """Rebuild a TrainState from ``TrainState.to_arrays`` output (a checkpoint)."""
@@ -103,7 +104,7 @@ class Trainer:
                 if k not in params or params[k].shape != v.shape or params[k].dtype != v.dtype:
                     raise InvalidInputError(f"checkpoint parameter {k} does not match the run's config")
             return TrainState(
-                params=params,
+                params=optim.flatten({k: params[k] for k in fresh}),
                 optimizer=opt,
                 step=int(arrays["step"]),
                 update=int(arrays["update"]),
@@ -164,23 +165,7 @@ class Trainer:
 
             def apply(chunk: int, loss: float, grads: dict) -> None:
                 scored.append((loss, float(batch.mask[chunk * C : (chunk + 1) * C].sum())))
-                grads, rec = clipping.clip(grads, self.cfg.clip.mode, self.cfg.clip.threshold)
-                state.optimizer.step(state.params, grads)
-                state.update += 1
-                records.append(
-                    {
-                        "step": step + 1,
-                        "update": state.update,
-                        "chunk": chunk,
-                        "loss": loss,
-                        "grad_norm": rec.norm_before,
-                        "clipped_norm": rec.norm_after,
-                        "clipped": rec.clipped,
-                        "grad_norms": rec.param_norms,
-                        "lr": state.optimizer.lr,
-                        "time": clock(),
-                    }
-                )
+                records.append(self.apply_update(state, grads, loss=loss, step=step + 1, chunk=chunk, clock=clock))
 
             try:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -227,6 +212,32 @@ class Trainer:
             yield Event("step", {"step": state.step, "update": state.update, "loss": step_loss})
             if met:
                 return
+
+    def apply_update(self, state: TrainState, grads: dict, *, loss: float, step: int, chunk: int, clock) -> dict:
+        """Clip ``grads``, update ``state``'s parameters with them and count the update; its record.
+
+        The gradient is copied into one flat buffer kept by the trainer, and clipped and applied
+        there in place (``optim.py``): the hot path allocates no per-parameter temporaries.
+        """
+        flat = self._flat_grads
+        if flat is None:  # the layout is the config's, the same for every state of this trainer
+            flat = self._flat_grads = optim.Flat(state.params)
+        flat.assign(grads)
+        rec = clipping.clip_in_place(flat, self.cfg.clip.mode, self.cfg.clip.threshold)
+        state.optimizer.step(state.params, flat.arrays)
+        state.update += 1
+        return {
+            "step": step,
+            "update": state.update,
+            "chunk": chunk,
+            "loss": loss,
+            "grad_norm": rec.norm_before,
+            "clipped_norm": rec.norm_after,
+            "clipped": rec.clipped,
+            "grad_norms": rec.param_norms,
+            "lr": state.optimizer.lr,
+            "time": clock(),
+        }
 
     def _track_best(self, state: TrainState, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():

@@ -293,3 +293,150 @@ def test_state_dict_is_a_snapshot(name, hyper):
 def test_unknown_optimizer_or_hyperparameter(name, hyper):
     with pytest.raises(InvalidInputError):
         optim.make(name, **hyper)
+
+
+# -- one flat buffer -------------------------------------------------------------------------
+def reference_steps(name: str, hyper: dict, params: dict, grads_seq: list[dict]) -> dict:
+    """The per-parameter form the flat optimizers replaced, written out: the same operations in
+    the same order, so the flat buffers must reproduce it bit for bit."""
+    h = {"lr": 0.01, "momentum": 0.0, "nesterov": False, "eps": 1e-10 if name == "adagrad" else 1e-8,
+         "alpha": 0.99, "beta1": 0.9, "beta2": 0.999, **hyper}  # fmt: skip
+    p = copy(params)
+    state: dict = {}
+    for t, grads in enumerate(grads_seq, start=1):
+        for k, g in grads.items():
+            f = p[k].dtype.type
+            s = state.setdefault(k, {n: np.zeros_like(p[k]) for n in ("a", "b")})
+            if name == "sgd" and h["momentum"] == 0:
+                p[k] -= f(h["lr"]) * g
+            elif name == "sgd":
+                v = s["a"]
+                v *= f(h["momentum"])
+                v += g
+                p[k] -= f(h["lr"]) * (g + f(h["momentum"]) * v if h["nesterov"] else v)
+            elif name == "adagrad":
+                s["a"] += g * g
+                p[k] -= f(h["lr"]) * g / (np.sqrt(s["a"]) + f(h["eps"]))
+            elif name == "rmsprop":
+                s["a"] *= f(h["alpha"])
+                s["a"] += f(1 - h["alpha"]) * g * g
+                p[k] -= f(h["lr"]) * g / (np.sqrt(s["a"]) + f(h["eps"]))
+            else:
+                m, v = s["a"], s["b"]
+                m *= f(h["beta1"])
+                m += f(1 - h["beta1"]) * g
+                v *= f(h["beta2"])
+                v += f(1 - h["beta2"]) * g * g
+                c1, c2 = 1 - h["beta1"] ** t, 1 - h["beta2"] ** t
+                p[k] -= f(h["lr"] / c1) * m / (np.sqrt(v / f(c2)) + f(h["eps"]))
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, hyper", OPTIMIZERS)
+def test_flat_updates_equal_the_per_parameter_form_bit_for_bit(name, hyper, dtype):
+    rng = np.random.default_rng(11)
+    start = grads_of(1.0, seed=3, dtype=dtype)
+    seq = [grads_of(float(rng.uniform(0.1, 3)), seed=20 + i, dtype=dtype) for i in range(6)]
+    want = reference_steps(name, hyper, start, seq)
+    for params in (optim.flatten(start), copy(start)):  # the trainer's views, and any plain dict
+        opt = optim.make(name, **hyper)
+        for g in seq:
+            opt.step(params, g)
+        assert_same(params, want)
+
+
+def test_flatten_makes_views_of_one_buffer_and_recognises_them():
+    g = grads_of(1.0)
+    flat = optim.flatten(g)
+    assert_same(flat, g)
+    bases = {id(v.base) for v in flat.values()}
+    assert len(bases) == 1 and next(iter(flat.values())).base.size == sum(v.size for v in g.values())
+    assert optim.Flat.of(flat) is not None
+    assert optim.Flat.of(g) is None  # separate arrays
+    assert optim.Flat.of(dict(reversed(list(flat.items())))) is None  # views, but not in buffer order
+    mixed = optim.flatten({**g, "b_y": g["b_y"].astype(np.float32)})
+    assert len({id(v.base) for v in mixed.values()}) == 2  # one buffer per dtype
+    assert mixed["b_y"].dtype == np.float32 and optim.Flat.of(mixed) is not None
+
+
+@pytest.mark.parametrize("name, hyper", OPTIMIZERS)
+def test_a_step_on_flat_buffers_allocates_no_temporaries(name, hyper):
+    """tracemalloc sees NumPy's data buffers: after the first step (state and scratch made),
+    clipping and a step over flat buffers allocate less than one parameter's worth."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    shapes = {"W_xh": (64, 10), "W_hh": (64, 64), "b_h": (64,), "W_hy": (10, 64), "b_y": (10,)}
+    params = optim.flatten({k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()})
+    grads = optim.Flat(params)
+    opt = optim.make(name, **hyper)
+    for mode, c in (("global_norm", 1e-3), ("value", 1e-3), ("per_param_norm", 1e-3), ("none", None)):
+        grads.assign({k: rng.normal(size=s) for k, s in shapes.items()})
+        clipping.clip_in_place(grads, mode, c)
+        opt.step(params, grads.arrays)  # warm-up: builds the slots and scratch
+        tracemalloc.start()
+        clipping.clip_in_place(grads, mode, c)
+        opt.step(params, grads.arrays)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < params["W_hh"].nbytes, (mode, peak)
+
+
+@pytest.mark.parametrize("mode", ["none", "global_norm", "per_param_norm", "value"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_in_place_gives_the_same_numbers_and_record_as_clip(mode, dtype):
+    for scale in (0.01, 0.7, 20.0):
+        g = grads_of(scale, seed=9, dtype=dtype)
+        out, rec = clipping.clip(g, mode, 0.5)
+        flat = optim.Flat(g)
+        flat.assign(g)
+        rec2 = clipping.clip_in_place(flat, mode, 0.5)
+        assert rec2 == rec
+        assert list(rec2.param_norms) == list(g)  # the logs keep the parameters' order
+        assert rec.param_norms == clipping.param_norms(g)
+        assert_same(flat.arrays, out)
+
+
+def test_old_per_parameter_checkpoint_keys_load_and_continue():
+    """A state written as separate arrays per key ("m/W_hh", ...) still loads and continues exactly."""
+    start = grads_of(1.0, seed=4)
+    seq = [grads_of(1.0, seed=30 + i) for i in range(5)]
+    want = reference_steps("adam", {"lr": 0.01}, start, seq)
+    a = optim.make("adam", lr=0.01)
+    p = copy(start)
+    for g in seq[:2]:
+        a.step(p, g)
+    old_format = {k: np.array(v) for k, v in a.state_dict().items()}
+    assert set(old_format) == {"t"} | {f"{s}/{k}" for s in ("m", "v") for k in KEYS}
+    b = optim.make("adam", lr=0.01)
+    b.load_state_dict(old_format)
+    assert_same(b.state_dict(), old_format)  # unchanged until the next step
+    params = optim.flatten(p)
+    for g in seq[2:]:
+        b.step(params, g)
+    assert_same(params, want)
+
+
+@pytest.mark.parametrize(
+    "state, match",
+    [
+        ({"t": np.array(1), "m/W_hh": np.zeros((3, 3))}, "m/W_hh has shape"),
+        ({"t": np.array(1), "m/W_hh": np.zeros((4, 4), np.float32)}, "dtype float32"),
+        ({"t": np.array(1), "m/nope": np.zeros(2)}, "does not belong"),
+        ({"t": np.array(1.5)}, "integer"),
+        ({"t": np.array([1, 2])}, "integer"),
+    ],
+)
+def test_a_state_that_does_not_fit_the_parameters_is_refused(state, match):
+    opt = optim.make("adam", lr=0.01)
+    with pytest.raises(InvalidInputError, match=match):
+        opt.load_state_dict(state)
+        opt.step(grads_of(1.0), grads_of(1.0))
+
+
+def test_gradients_with_other_keys_are_refused():
+    opt = optim.make("sgd", lr=0.1)
+    g = grads_of(1.0)
+    with pytest.raises(InvalidInputError, match="keys"):
+        opt.step(grads_of(1.0), {k: g[k] for k in KEYS[:-1]})
