@@ -189,3 +189,51 @@ def test_newline_in_a_file_name_stays_one_line(tmp_path):
     path = tmp_path / "two\nlines.yaml"
     e = refused(path)
     assert "\n" not in str(e) and "no such config file" in str(e)
+
+
+# -- numbers past any sane range ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.steps=1e18", "train.steps: must be <= 1000000000, got 1e+18"),
+        ("train.steps=-5", "train.steps: must be >= 1, got -5"),
+        ("train.batch_size=1e12", "train.batch_size: must be <= 1000000000"),
+        ("train.eval_size=-1", "train.eval_size: must be >= 1, got -1"),
+        ("train.eval_every=1e12", "train.eval_every: must be <= 1000000000"),
+        ("train.checkpoint_every=1e12", "train.checkpoint_every: must be <= 1000000000"),
+        ("train.diagnostics_every=-1", "train.diagnostics_every: must be >= 0, got -1"),
+        ("train.log_every=1e10", "train.log_every: must be <= 1000000000"),
+        ("model.hidden=1e12", "model.hidden: must be <= 1000000000"),
+        ("seed=1e23", "seed: must be <= 4294967295, got 1e+23"),
+        ("seed=-1", "seed: must be >= 0, got -1"),
+        ("model.spectral_radius=1e300", "model.spectral_radius: must be <= 1000, got 1e+300"),
+        ("optimizer.lr=1e300", "optimizer.lr: must be <= 1000, got 1e+300"),
+        ("optimizer.eps=10", "optimizer.eps: must be <= 1 or null, got 10"),
+        ("diagnostics.max_lag=1e15", "diagnostics.max_lag: must be <= 1000000000"),
+        ("compare.seeds=100000000", "compare.seeds: a count of seeds must be from 1 to 1000"),
+        ("compare.seeds=[1, 4294967296]", "compare.seeds: seeds must be from 0 to 4294967295"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_naming_the_key(override, message):
+    e = refused(None, [override])
+    assert message in str(e), str(e)
+    assert len(str(e).splitlines()) == 1
+
+
+def test_infinite_and_nan_numbers_in_a_file_are_refused(tmp_path):
+    e = refused(write(tmp_path, "model:\n  spectral_radius: .inf\nclip:\n  threshold: .nan\n"))
+    assert [ln.split(": ", 2)[1:] for ln in str(e).splitlines()] == [
+        ["model.spectral_radius", "expected a finite number > 0 and <= 1000, got inf"],
+        ["clip.threshold", "expected a finite number > 0 or null, got nan"],
+    ]
+
+
+def test_seed_count_may_not_run_past_the_largest_seed():
+    e = refused(None, ["seed=4294967295", "compare.seeds=2"])
+    assert e.path == "compare.seeds" and "pass the largest seed, 4294967295" in str(e)
+    assert load_config(None, ["seed=4294967294", "compare.seeds=2"]).compare.seeds == 2
+
+
+def test_ranges_keep_every_shipped_config_valid():
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        load_config(path)

@@ -79,6 +79,7 @@ def smoke(cfg: Config) -> Config:
     t = data["train"]
     t.update(
         steps=min(t["steps"], 3),
+        log_every=min(t["log_every"], 3),  # at least one metrics line from the few updates left
         eval_size=min(t["eval_size"], 16),
         eval_every=0,
         batch_size=min(t["batch_size"], 8),

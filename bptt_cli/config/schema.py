@@ -47,6 +47,17 @@ Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Str = Annotated[str, Strict()]
 Bool = Annotated[bool, Strict()]
 
+# Upper bounds: a value past these can only mean a hang, an overflowing counter or an
+# out-of-memory error, never an experiment. Memory (hidden, batch and eval sizes, sequence
+# length) is bounded against the machine by ``bptt_cli.budget``, before a run starts.
+MAX_COUNT = 10**9  # steps, sizes and intervals: 1e9 training batches would take years
+MAX_SEED = 2**32 - 1  # the range most tools accept for a seed (numpy's legacy RandomState, CUDA)
+MAX_SEEDS = 1000  # seeds in one compare
+MAX_SPECTRAL_RADIUS = 1000.0  # 1000**T overflows float32 within 13 steps already
+MAX_LR = 1000.0
+Count = Annotated[Int, Field(ge=1, le=MAX_COUNT)]
+Every = Annotated[Int, Field(ge=0, le=MAX_COUNT)]  # an interval where 0 means "off" or "only at the end"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,12 +114,12 @@ class TaskConfig(_Section):
 class ModelConfig(_Section):
     """The Elman RNN: h_t = phi(W_xh x_t + W_hh h_{t-1} + b_h), y_t = W_hy h_t + b_y."""
 
-    hidden: Annotated[Int, Field(ge=1)] = Field(64, description="hidden units H")
+    hidden: Count = Field(64, description="hidden units H")
     activation: Literal["tanh", "relu", "identity"] = Field("tanh", description="phi, the hidden nonlinearity")
     init: Literal["orthogonal", "gaussian", "identity"] = Field(
         "orthogonal", description="initialisation of W_hh (identity = IRNN)"
     )
-    spectral_radius: Annotated[Float, Field(gt=0)] = Field(
+    spectral_radius: Annotated[Float, Field(gt=0, le=MAX_SPECTRAL_RADIUS)] = Field(
         1.0, description="scale of W_hh: < 1 vanishing, > 1 exploding gradients"
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of every array")
@@ -261,19 +272,20 @@ _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 Unit = Annotated[Float, Field(ge=0, lt=1)]  # in [0, 1)
 Positive = Annotated[Float, Field(gt=0)]
+Epsilon = Annotated[Float, Field(gt=0, le=1)]  # a larger eps only hides the gradient
 
 
 class OptimizerConfig(_Section):
     """The optimizer, ``name`` plus its own keys (``momentum`` is for sgd only, and so on)."""
 
     name: Literal["sgd", "adagrad", "rmsprop", "adam"] = Field("adam", description="sgd, adagrad, rmsprop or adam")
-    lr: Positive = Field(0.003, description="learning rate")
+    lr: Annotated[Float, Field(gt=0, le=MAX_LR)] = Field(0.003, description="learning rate")
     momentum: Unit | None = Field(None, description="sgd only: momentum in [0, 1) (default 0)")
     nesterov: Bool | None = Field(None, description="sgd only: Nesterov momentum (default false; needs momentum > 0)")
     alpha: Unit | None = Field(None, description="rmsprop only: decay of the squared-gradient average (default 0.99)")
     beta1: Unit | None = Field(None, description="adam only: decay of the first moment (default 0.9)")
     beta2: Unit | None = Field(None, description="adam only: decay of the second moment (default 0.999)")
-    eps: Positive | None = Field(None, description="adagrad (default 1e-10), rmsprop and adam (default 1e-8)")
+    eps: Epsilon | None = Field(None, description="adagrad (default 1e-10), rmsprop and adam (default 1e-8)")
 
     @model_validator(mode="before")
     @classmethod
@@ -379,13 +391,13 @@ MAX_THREADS = 1024
 class TrainConfig(_Section):
     """The training loop: how long, how big, and how often to evaluate, log and save."""
 
-    steps: Annotated[Int, Field(ge=1)] = Field(400, description="training batches (a chunk-update mode makes several updates per batch)")
-    batch_size: Annotated[Int, Field(ge=1)] = Field(32, description="sequences per batch B (parallel streams for text)")
-    eval_every: Annotated[Int, Field(ge=0)] = Field(50, description="held-out evaluation every N steps; 0 = only at the end")
-    eval_size: Annotated[Int, Field(ge=1)] = Field(256, description="sequences in the fixed held-out set")
-    log_every: Annotated[Int, Field(ge=1)] = Field(1, description="write a metrics line every N updates")
-    diagnostics_every: Annotated[Int, Field(ge=0)] = Field(0, description="gradient-flow diagnostics every N updates; 0 = off")
-    checkpoint_every: Annotated[Int, Field(ge=1)] = Field(100, description="save a checkpoint every N steps (and at the end)")
+    steps: Count = Field(400, description="training batches (a chunk-update mode makes several updates per batch)")
+    batch_size: Count = Field(32, description="sequences per batch B (parallel streams for text)")
+    eval_every: Every = Field(50, description="held-out evaluation every N steps; 0 = only at the end")
+    eval_size: Count = Field(256, description="sequences in the fixed held-out set")
+    log_every: Count = Field(1, description="write a metrics line every N updates (at most the run's updates)")
+    diagnostics_every: Every = Field(0, description="gradient-flow diagnostics every N updates; 0 = off")
+    checkpoint_every: Count = Field(100, description="save a checkpoint every N steps (and at the end)")
     target: Str | None = Field(None, description="stop early once met, e.g. eval.accuracy>=0.99; null = run all steps")
     threads: Union[Literal["auto"], Int] = Field(
         "auto", description="BLAS threads: auto picks from the model size and free cores; OPENBLAS_NUM_THREADS etc. win over auto"
@@ -408,7 +420,7 @@ class TrainConfig(_Section):
 class DiagnosticsConfig(_Section):
     """Gradient-flow diagnostics (run every ``train.diagnostics_every`` updates)."""
 
-    max_lag: Annotated[Int, Field(ge=1)] = Field(50, description="longest lag j measured for ||dL_t/dh_{t-j}||")
+    max_lag: Count = Field(50, description="longest lag j measured for ||dL_t/dh_{t-j}||")
 
 
 class CompareConfig(_Section):
@@ -442,12 +454,14 @@ class CompareConfig(_Section):
         if value is None:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
-            if value < 1:
-                raise ValueError(f"a count of seeds must be >= 1, got {value}")
+            if not 1 <= value <= MAX_SEEDS:
+                raise ValueError(f"a count of seeds must be from 1 to {MAX_SEEDS}, got {value}")
             return value
         if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-            if any(s < 0 for s in value):
-                raise ValueError(f"seeds must be >= 0, got {value}")
+            if len(value) > MAX_SEEDS:
+                raise ValueError(f"at most {MAX_SEEDS} seeds, got {len(value)}")
+            if any(not 0 <= s <= MAX_SEED for s in value):
+                raise ValueError(f"seeds must be from 0 to {MAX_SEED}, got {value}")
             if len(set(value)) != len(value):
                 raise ValueError(f"seeds must be distinct, got {value}")
             return value
@@ -476,7 +490,7 @@ class Config(_Section):
     """A whole run. ``Config()`` is the built-in default: the quickstart."""
 
     name: Str = Field("quickstart", description="run name, the directory under runs/ (letters, digits, -, _, .)")
-    seed: Annotated[Int, Field(ge=0)] = Field(0, description="seed of the initial weights and of the task's data")
+    seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = Field(0, description="seed of the initial weights and of the task's data")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the sequence task and its parameters")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the RNN")
     truncation: TruncationConfig = Field(default_factory=TruncationConfig, description="the truncation mode")
@@ -503,6 +517,17 @@ class Config(_Section):
                 f"starting with a letter or digit; got {value!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _seed_range(self) -> Config:
+        count = self.compare.seeds if self.compare is not None else None
+        if isinstance(count, int) and self.seed + count - 1 > MAX_SEED:
+            raise ConfigError(
+                f"{count} seeds from seed {self.seed} on pass the largest seed, {MAX_SEED}; "
+                "lower seed or the count",
+                "compare.seeds",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_grid(self) -> Config:

@@ -20,6 +20,11 @@ from bptt_cli.config.schema import _model_at, describe_schema
 from bptt_cli.config.yaml_io import Marks
 
 
+def _number(bound: float) -> str:
+    """A bound as a user would type it: 1000000000 and 4294967295 whole, 0.5 and 1e-08 short."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def _allowed(loc: Sequence[str]) -> str:
     """The constraints of the field at ``loc``, e.g. ' >= 1' (with ' or null' if optional)."""
     model = _model_at(loc[:-1])
@@ -37,13 +42,13 @@ def _allowed(loc: Sequence[str]) -> str:
             for m in obj.metadata:
                 collect(m)
         elif isinstance(obj, annotated_types.Ge):
-            bounds.append(f">= {obj.ge:g}")
+            bounds.append(f">= {_number(obj.ge)}")
         elif isinstance(obj, annotated_types.Gt):
-            bounds.append(f"> {obj.gt:g}")
+            bounds.append(f"> {_number(obj.gt)}")
         elif isinstance(obj, annotated_types.Le):
-            bounds.append(f"<= {obj.le:g}")
+            bounds.append(f"<= {_number(obj.le)}")
         elif isinstance(obj, annotated_types.Lt):
-            bounds.append(f"< {obj.lt:g}")
+            bounds.append(f"< {_number(obj.lt)}")
         elif get_origin(obj) is Annotated:
             for a in get_args(obj)[1:]:
                 collect(a)
@@ -54,7 +59,10 @@ def _allowed(loc: Sequence[str]) -> str:
 
     collect(info.annotation)
     collect(info)
-    text = (" " + " and ".join(dict.fromkeys(bounds))) if bounds else ""
+    bounds = list(dict.fromkeys(bounds))
+    if len(bounds) == 2 and bounds[0].startswith(">= ") and bounds[1].startswith("<= "):
+        bounds = [f"from {bounds[0][3:]} to {bounds[1][3:]}"]
+    text = (" " + " and ".join(bounds)) if bounds else ""
     return text + (" or null" if optional else "")
 
 
@@ -77,6 +85,14 @@ def _unknown_key(loc: Sequence[str]) -> str:
     return f"unknown key{hint}; allowed {where}: {', '.join(valid)}"
 
 
+_RANGE = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
 def _translate_one(err: Mapping[str, Any]) -> tuple[str | None, str]:
     loc = [str(p) for p in err["loc"]]
     kind, given, ctx = err["type"], err.get("input"), err.get("ctx") or {}
@@ -94,7 +110,11 @@ def _translate_one(err: Mapping[str, Any]) -> tuple[str | None, str]:
         return path, f"expected a number{_allowed(loc)}, got {given!r}{_quoted_number(given)}"
     if kind == "finite_number":
         return path, f"expected a finite number{_allowed(loc)}, got {given!r}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+    if kind in _RANGE:  # the side that was crossed: "must be <= 1000000000, got 1e18"
+        op, name = _RANGE[kind]
+        if name in ctx:
+            null = " or null" if _allowed(loc).endswith(" or null") else ""
+            return path, f"must be {op} {_number(ctx[name])}{null}, got {given!r}"
         return path, f"must be{_allowed(loc) or ' in range'}, got {given!r}"
     if kind == "string_type":
         return path, f"expected a string, got {given!r}"
