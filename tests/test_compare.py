@@ -410,7 +410,7 @@ BAD_OPTIONS = [
     (["--grid", "clip.threshold="], ["--grid expects KEY=V1,V2,..."]),
     (["--grid", "nokey=1,2"], ["nokey: unknown key", "allowed at the top level: name, seed, task"]),
     (["--grid", "clip.thresh=1"], ["clip.thresh: unknown key (did you mean clip.threshold?)", "allowed in clip: mode, threshold"]),
-    (["--grid", "model.hidden=8,-3"], ["model.hidden: must be >= 1, got -3"]),
+    (["--grid", "model.hidden=8,-3"], ["model.hidden: must be >= 1", "got -3"]),
     (["--grid", "clip.threshold=1,5,1"], ["--grid clip.threshold lists 1 more than once; each value makes one variant"]),
     (["--seeds", "0"], ["--seeds 0: a count must be >= 1; to name a single seed, add a comma: --seeds 0,"]),
     (["--seeds", "a"], ["--seeds takes a count (3) or a list of seeds (3,7,11), got 'a'"]),

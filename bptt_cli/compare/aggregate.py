@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from bptt_cli import runs
-from bptt_cli.compare.plan import Variant, _steps_done, read_plan
+from bptt_cli.compare.plan import Variant, _first_line, _steps_done, check_variant_dirs, read_plan, read_summary
+from bptt_cli.core.errors import BpttError
 
 # -- aggregation --------------------------------------------------------------------------
 METRIC_PREFERENCE = ("accuracy", "bpc", "error_rate")
@@ -21,6 +22,7 @@ def collect(path: Path) -> dict:
     """Read every variant's files into rows: one per variant and one per mode/grid point."""
     path = Path(path)
     variants, meta = read_plan(path)
+    check_variant_dirs(path, variants)  # nothing is read through a symlink to elsewhere
     rows = [_variant_row(path, v) for v in variants]
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -33,9 +35,18 @@ def _variant_row(path: Path, v: Variant) -> dict:
     d = path / v.id
     row: dict[str, Any] = {"id": v.id, "group": v.group, "mode": v.mode, "grid": v.grid, "seed": v.seed, "run_dir": str(d)}
     if not runs.is_run_dir(d):
-        row["status"] = "not started"
+        # A variant that failed before writing its config (say, a text file that is not UTF-8)
+        # has only the summary its executor wrote: it failed, it did not fail to start.
+        s = read_summary(d) if d.is_dir() else {}
+        row["status"] = s.get("status") or "not started"
+        if s.get("error"):
+            row.update(error=_first_line_of(s["error"]), steps_done=0, stopped_at=0)
         return row
-    run = runs.load_run(d)
+    try:
+        run = runs.load_run(d)
+    except BpttError as e:
+        row.update(status="damaged", error=_first_line(e))
+        return row
     s = run.summary
     final = s.get("final") or {}
     metric = next((k for k in METRIC_PREFERENCE if f"eval.{k}" in final), None)
@@ -68,8 +79,28 @@ def _variant_row(path: Path, v: Variant) -> dict:
         time_per_update=wall / updates if wall and updates else None,
         time_per_sequence=wall / s["sequences"] if wall and s.get("sequences") else None,
         loss_curve=_resample(losses, 24),
+        final=final,
     )
+    if s.get("error"):
+        row["error"] = _first_line_of(s["error"])
     return row
+
+
+def _first_line_of(error: Any) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:500]
+
+
+def check_expectations(result: dict, expect) -> list[dict]:
+    """``--expect`` checked against every variant's final metrics: one row per variant and
+    expectation (a variant that never logged the metric does not meet it)."""
+    rows = []
+    for r in result["variants"]:
+        final = r.get("final") or {}
+        for e in expect:
+            value = final.get(e.metric)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and e.check(float(value))
+            rows.append({"id": r["id"], "expect": str(e), "metric": e.metric, "value": value, "ok": ok})
+    return rows
 
 
 def _stopped_at(s: dict) -> int | None:

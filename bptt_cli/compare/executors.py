@@ -8,10 +8,14 @@ process (one worker), in a process each (``ProcessPerTaskExecutor``), or on a Da
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
+import pickle
+import secrets
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Executor, Future
@@ -21,38 +25,118 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bptt_cli import config as cfgmod
-from bptt_cli import runs
-from bptt_cli.compare.plan import DONE, Variant, _steps_done, variant_state
+from bptt_cli import runs, threads
+from bptt_cli.compare.plan import DONE, CompareError, Variant, _first_line, _steps_done, check_variant_dirs, read_summary, variant_state
 
 # -- running ------------------------------------------------------------------------------
-def run_variant(config: dict, run_dir: str, resume: bool, stop: Callable[[], bool] | None = None) -> dict:
+RUN_FILES = ("config.yaml", "summary.json", "checkpoint.npz", "error.log", *(f"{log}.jsonl" for log in runs.LOGS))
+
+
+class VariantFailed(RuntimeError):
+    """A variant raised; the message is its first line, ``Type: message`` (picklable, unlike
+    some exceptions, so it crosses process and Dask boundaries intact)."""
+
+
+def run_variant(config: dict, run_dir: str, stop: Callable[[], bool] | None = None, *, thread_budget: int | None = None) -> dict:
     """Run one variant to its end and return its summary. Runs in a worker process, a Dask
-    worker, or a thread of this process (then ``stop`` is the caller's stop flag). In a
-    process of its own, Ctrl-C/SIGTERM stop it after the current step (status interrupted,
-    checkpoint kept)."""
+    worker, or a thread of this process (then ``stop`` is the caller's stop flag; on Dask a
+    ``DaskStop``). In a process of its own, Ctrl-C/SIGTERM stop it after the current step
+    (status interrupted, checkpoint kept), and so does the death of the process that started it.
+
+    What to do is decided from the directory itself, so the same call made twice (a Dask retry
+    after its worker died, a race, a resume) never appends a second copy of the logs: a
+    finished variant is returned as it is, one with a checkpoint resumes from it (its logs cut
+    back to the checkpoint's step), anything else starts from scratch. A stop requested before
+    the variant starts leaves the directory untouched: ``{"status": "not started"}``.
+
+    ``thread_budget``: the cores this variant may use for BLAS threads; by default the share
+    a ``ProcessPerTaskExecutor`` gave its process, or on Dask the worker's cores divided by
+    the tasks it runs at once (in this process, all cores: one variant runs at a time).
+    """
     from bptt_cli.session import execute
 
-    cfg = cfgmod.from_dict(config)
     path = Path(run_dir)
+    if not path.is_absolute():
+        raise VariantFailed(f"ValueError: run_dir must be absolute (workers may run elsewhere), got {run_dir!r}")
     own = None
     if stop is None and threading.current_thread() is threading.main_thread():
         own = _SignalStop()
         own.install()
+    stop = stop or own or (lambda: False)
     try:
-        if not resume:
+        if stop():
+            return {"status": "not started"}
+        cfg = cfgmod.from_dict(config)
+        state = _directory_state(path)
+        if state in DONE:
+            return {**read_summary(path), "status": state}
+        if state != "resume":
+            _clear(path)  # it never checkpointed: start it again from scratch
             path.mkdir(parents=True, exist_ok=True)
-        return execute(cfg, path, resume=resume, stop=stop or own or (lambda: False))
+        budget = thread_budget or threads.inherited_budget() or _dask_worker_budget()
+        return execute(cfg, path, resume=state == "resume", stop=stop, thread_budget=budget)
+    except VariantFailed:
+        raise
+    except Exception as e:
+        raise VariantFailed(f"{type(e).__name__}: {e}") from None
     finally:
         if own:
             own.restore()
 
 
+def _dask_worker_budget() -> int | None:
+    """On a Dask worker that runs n tasks at once: its cores // n; elsewhere None."""
+    if "distributed" not in sys.modules:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    nthreads = getattr(getattr(worker, "state", worker), "nthreads", 1) or 1
+    return max(1, threads.available_cores() // nthreads)
+
+
+def _directory_state(path: Path) -> str:
+    """completed / diverged (done), resume (a checkpoint to go on from) or fresh."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise CompareError(f"{path} is not a real folder; refusing to write a variant there")
+    status = read_summary(path).get("status") if runs.is_run_dir(path) else None
+    if status in DONE:
+        return status
+    if runs.is_run_dir(path) and (path / "checkpoint.npz").is_file():
+        return "resume"
+    return "fresh"
+
+
+def _clear(d: Path) -> None:
+    """Remove the files a run writes (and leftovers of atomic writes) from ``d``; never follows
+    a symlink (a link is removed, not its target) and never touches anything else."""
+    if not d.is_dir() or d.is_symlink():
+        return
+    for name in RUN_FILES:
+        p = d / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+    for p in d.glob(".*.tmp"):
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+
+
 class _SignalStop:
+    """The stop flag of a variant in a process of its own: Ctrl-C or SIGTERM, or the process
+    that started it gone (killed with -9, say: then nobody would ever collect the result, and a
+    later --resume would race an orphan)."""
+
     def __init__(self) -> None:
         self.requested = False
         self._old: dict = {}
+        self._parent = multiprocessing.parent_process()  # its sentinel closes when the parent dies
 
     def __call__(self) -> bool:
+        if not self.requested and self._parent is not None and not self._parent.is_alive():
+            self.requested = True
         return self.requested
 
     def _handle(self, signum, frame) -> None:
@@ -65,6 +149,44 @@ class _SignalStop:
     def restore(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+class DaskStop:
+    """The stop flag of a compare's variants on a Dask cluster: a ``distributed.Event`` named
+    for this compare. The client sets it on Ctrl-C; ``run_variant`` polls it (at most every
+    ``interval`` seconds, a round trip to the scheduler) and stops after the current step, and
+    a variant that had not started yet returns at once without touching its directory.
+    (Cancelling a Dask future cannot stop a task that is already running.)"""
+
+    def __init__(self, name: str | None = None, interval: float = 0.5) -> None:
+        self.name = name or f"bptt-compare-stop-{secrets.token_hex(8)}"
+        self.interval = interval
+        self._event = None
+        self._checked = -float("inf")
+        self._set = False
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "interval": self.interval}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["name"], state["interval"])
+
+    def _get(self):
+        if self._event is None:
+            from distributed import Event
+
+            self._event = Event(self.name)
+        return self._event
+
+    def set(self) -> None:
+        self._get().set()
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._set and now - self._checked >= self.interval:
+            self._checked = now
+            self._set = bool(self._get().is_set())
+        return self._set
 
 
 class ProcessPerTaskExecutor(Executor):
@@ -82,11 +204,14 @@ class ProcessPerTaskExecutor(Executor):
         # N workers each running a multi-threaded BLAS oversubscribe the cores; with the
         # small per-step matmuls of an RNN, OpenBLAS's spinning threads then made a 2-worker
         # compare 12x slower here. Like joblib/loky, give each worker its share of the
-        # cores, unless the user chose a thread count. Child processes read it at start.
-        self._env = {v: str(max(1, (os.cpu_count() or 1) // self._max)) for v in BLAS_THREAD_VARS if v not in os.environ}
+        # cores: the budget caps each variant's thread choice (bptt_cli.threads), and the
+        # BLAS variables the user left unset, read by libraries at load, reach those that
+        # threadpoolctl cannot. They are marked as ours, so a worker does not take them for
+        # a user's setting (which would win over its own choice).
+        self._env = threads.child_environ(max(1, threads.available_cores() // self._max))
         if ctx_name == "forkserver":
             self._ctx.set_forkserver_preload(["bptt_cli.session", "bptt_cli.compare"])
-            with _environ(self._env):
+            with _environ(self._env), _sigint_ignored():
                 from multiprocessing import forkserver
 
                 forkserver.ensure_running()  # started now, so it inherits the thread limits
@@ -127,6 +252,8 @@ class ProcessPerTaskExecutor(Executor):
                         kind, value = recv.recv() if recv.poll() else ("died", None)
                     except (EOFError, OSError):
                         kind, value = "died", None
+                    except Exception as e:  # a result that does not unpickle: report it, keep the loop alive
+                        kind, value = "error", VariantFailed(f"{type(e).__name__}: the worker's result is unreadable ({e})")
                     proc.join()
                     recv.close()
                     if kind == "ok":
@@ -163,7 +290,23 @@ class ProcessPerTaskExecutor(Executor):
             self._thread.join()
 
 
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+BLAS_THREAD_VARS = threads.BLAS_THREAD_VARS
+
+
+@contextmanager
+def _sigint_ignored():
+    """Start the fork server with SIGINT ignored: it is the disposition every worker it forks
+    then starts with, until ``run_variant`` installs its own handler. Otherwise a Ctrl-C that
+    reaches a worker still unpickling its arguments raised KeyboardInterrupt there, outside
+    any handler (a traceback on stderr, the variant neither run nor reported)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextmanager
@@ -188,27 +331,51 @@ class WorkerDied(RuntimeError):
 
 
 def _child(send, fn, args) -> None:
+    _die_with_parent()
     try:
         result = fn(*args)
-        send.send(("ok", result))
+        _send(send, ("ok", result))
     except KeyboardInterrupt:
-        send.send(("error", RuntimeError("interrupted")))
+        _send(send, ("error", VariantFailed("interrupted")))
     except BaseException as e:  # report, don't die: the parent decides
-        try:
-            send.send(("error", e))
-        except Exception:
-            send.send(("error", RuntimeError(f"{type(e).__name__}: {e}")))
+        if not _send(send, ("error", e)):
+            _send(send, ("error", VariantFailed(f"{type(e).__name__}: {_first_line(e)}")))
     finally:
         send.close()
 
 
+def _send(conn, message) -> bool:
+    """Send, or give up quietly: the parent may be gone (killed), and a pickling error is the
+    caller's to handle."""
+    try:
+        conn.send(message)
+        return True
+    except (OSError, ValueError, TypeError, AttributeError, pickle.PicklingError):
+        return False
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM when the parent process exits (the fork server, which
+    exits when the compare process does), so the variant stops after its current step instead of
+    training on as an orphan. Elsewhere, ``_SignalStop`` polls the parent's liveness."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class Progress:
-    """What the caller can show while variants run: status and steps done of each."""
+    """What the caller can show while variants run: status and steps done of each, and the
+    first line of the error of each variant that failed."""
 
     status: dict[str, str] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
     total: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 def execute_all(
@@ -217,17 +384,25 @@ def execute_all(
     executor: Executor,
     *,
     in_process: bool = False,
+    remote_stop: DaskStop | None = None,
     stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[Progress], None] | None = None,
     poll: float = 0.25,
 ) -> Progress:
     """Run every variant not done yet; one failing variant never stops the others.
 
+    Every variant's directory is checked first (a plain name, a real folder directly inside
+    ``path``; CompareError otherwise, before anything is touched) and handed to the executor
+    as an absolute path, since a Dask worker has a working directory of its own.
+
     On ``stop()`` no new variant starts, the running ones are asked to stop after their
     current step, and the call returns when they have. ``in_process``: the executor runs
-    calls in threads of this process, so the variants can share ``stop`` directly; worker
-    processes get the signal instead (Ctrl-C reaches them too; SIGTERM is forwarded).
+    calls in threads of this process, so the variants share ``stop`` directly; worker
+    processes get the signal instead (Ctrl-C reaches them too; SIGTERM is forwarded);
+    ``remote_stop`` (Dask) is passed to every variant and set on stop, and nothing is
+    cancelled, so each future reports what its variant really did.
     """
+    dirs = check_variant_dirs(path, variants)
     prog = Progress()
     futures: dict[Future, Variant] = {}
     for v in variants:
@@ -236,24 +411,25 @@ def execute_all(
         if state in DONE:
             prog.status[v.id] = state
             continue
-        resume = state in ("interrupted", "running", "failed") and (path / v.id / "checkpoint.npz").exists()
-        if not resume and (path / v.id).exists():
-            _clear(path / v.id)  # it never checkpointed: start it again from scratch
         prog.status[v.id] = "queued"
-        args = (v.config, str(path / v.id), resume) + ((stop,) if in_process else ())
-        futures[executor.submit(run_variant, *args)] = v
+        extra = (stop,) if in_process else (remote_stop,) if remote_stop is not None else ()
+        futures[executor.submit(run_variant, v.config, str(dirs[v.id]), *extra)] = v
     stopping = False
     pending = set(futures)
     while pending:
         if stop() and not stopping:
             stopping = True
-            for f in pending:
-                f.cancel()
+            if remote_stop is not None:
+                remote_stop.set()
+            else:
+                for f in pending:
+                    f.cancel()
             if isinstance(executor, ProcessPerTaskExecutor):
                 executor.signal_all(signal.SIGTERM)
         for f in [f for f in pending if f.done()]:
             pending.discard(f)
             v = futures[f]
+            d = dirs[v.id]
             if f.cancelled():
                 prog.status[v.id] = "not started"
                 continue
@@ -262,39 +438,43 @@ def execute_all(
                 prog.status[v.id] = f.result()["status"]
             else:
                 prog.status[v.id] = "interrupted" if stopping else "failed"
-                _mark_failed(path / v.id, exc, stopping)
-            prog.steps[v.id] = _steps_done(path / v.id)
+                error = _mark_failed(d, exc, stopping)
+                if prog.status[v.id] == "failed":
+                    prog.errors[v.id] = error
+            prog.steps[v.id] = _steps_done(d)
         for f in pending:
             v = futures[f]
-            if f.running() or (path / v.id / "config.yaml").exists():
+            if f.running() or (dirs[v.id] / "config.yaml").exists():
                 prog.status[v.id] = "running"
-                prog.steps[v.id] = _steps_done(path / v.id)
+                prog.steps[v.id] = _steps_done(dirs[v.id])
         if on_progress:
             on_progress(prog)
         if pending:
             time.sleep(poll)
     for v in variants:
-        prog.steps[v.id] = _steps_done(path / v.id)
+        prog.steps[v.id] = _steps_done(dirs[v.id])
     if on_progress:
         on_progress(prog)
     return prog
 
 
-def _clear(d: Path) -> None:
-    for p in sorted(d.rglob("*"), reverse=True):
-        p.unlink() if p.is_file() else p.rmdir()
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, (VariantFailed, WorkerDied)):
+        return _first_line(exc)
+    return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
-def _mark_failed(d: Path, exc: BaseException, interrupted: bool) -> None:
-    """A variant whose process died keeps its logs; its summary says how it ended."""
-    if not d.exists():
-        return
-    try:
-        summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = {}
+def _mark_failed(d: Path, exc: BaseException, interrupted: bool) -> str:
+    """A variant that raised or whose process died keeps its logs; its summary says how it
+    ended, also when it failed before writing anything (a text file that cannot be read).
+    Returns the error's first line."""
+    error = _error_text(exc)
+    if d.is_symlink() or not d.is_dir():
+        return error
+    summary = read_summary(d)
     if summary.get("status") in DONE or summary.get("status") == "interrupted":
-        return
-    summary.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}")
+        return error
+    summary.update(status="interrupted" if interrupted else "failed", error=summary.get("error") or error)
     summary["steps_done"] = _steps_done(d)
     runs.RunWriter(d).summary(summary)
+    return _first_line(summary["error"]) if isinstance(summary["error"], str) else error

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import secrets
+import stat
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,12 @@ from bptt_cli.core.errors import BpttError
 from bptt_cli.core.truncation import parse as parse_truncation
 
 DONE = ("completed", "diverged")  # a variant with one of these statuses is not run again
+# Planning is bounded before anything is built or written: 10,000 variants take seconds to
+# plan and validate, and their plan.json (about 1 KB a variant) stays far below PLAN_LIMIT.
+MAX_VARIANTS = 10_000
+PLAN_LIMIT = 32_000_000  # bytes of plan.json read back (a plan of MAX_VARIANTS is ~10-15 MB)
+SUMMARY_LIMIT = 1_000_000  # bytes of a variant's summary.json read back
+SAFE_ID = re.compile(r"[A-Za-z0-9._=+-]{1,255}")  # what _variant_id produces; "." and ".." excluded apart
 
 
 class CompareError(BpttError, ValueError):
@@ -74,6 +81,7 @@ def parse_seeds(text: str, base: int) -> list[int]:
     if len(nums) == 1 and "," not in text:
         if nums[0] < 1:
             raise CompareError(f"--seeds {nums[0]}: a count must be >= 1; to name a single seed, add a comma: --seeds {nums[0]},")
+        _check_count(nums[0], f"--seeds {nums[0]}")
         return list(range(base, base + nums[0]))
     if not nums or any(n < 0 for n in nums) or len(set(nums)) != len(nums):
         raise CompareError(f"--seeds list must hold distinct seeds >= 0, got {text!r}")
@@ -127,11 +135,15 @@ def plan(
         modes = section.modes if section and section.modes else default_modes(base)
     if seeds is None:
         s = section.seeds if section else None
+        if isinstance(s, int):
+            _check_count(s, f"compare.seeds {s}")
         seeds = list(range(base.seed, base.seed + s)) if isinstance(s, int) else list(s or [base.seed])
     if grid is None:
         grid = dict(section.grid) if section and section.grid else {}
     if budget not in ("sequences", "updates"):
         raise CompareError(f"--budget must be sequences or updates, got {budget!r}")
+    n = len(modes) * len(seeds) * math.prod(len(values) for values in grid.values())
+    _check_count(n, f"{len(modes)} modes x {len(seeds)} seeds" + "".join(f" x {len(v)} {k} values" for k, v in grid.items()))
     points: list[dict[str, Any]] = [{}]
     for key, values in grid.items():
         check_grid_key(key)
@@ -154,9 +166,31 @@ def plan(
                     raise CompareError(f"variant {mode} {point or ''} seed {seed}: {e}") from None
                 if budget == "updates":
                     cfg = _equal_updates(cfg, cfg.train.steps)  # the variant's own steps: a grid may set them
+                _check_budget(cfg, f"variant {mode} {point or ''} seed {seed}")
                 vid = _variant_id(mode, point, seed)
                 variants.append(Variant(vid, mode, point, seed, cfgmod.to_dict(cfg)))
     return variants
+
+
+def _check_count(n: int, what: str) -> None:
+    if n > MAX_VARIANTS:
+        raise CompareError(f"{what} would make {n:,} variants; a compare runs at most {MAX_VARIANTS:,} (use fewer modes, seeds or grid values)")
+
+
+def _check_budget(cfg: cfgmod.Config, where: str) -> None:
+    """Refuse a variant that cannot fit the machine before any directory exists (when the
+    memory budget check is available)."""
+    try:
+        from bptt_cli import budget
+    except ImportError:
+        return
+    check = getattr(budget, "check_budget", None)
+    if check is None:
+        return
+    try:
+        check(cfg)
+    except cfgmod.ConfigError as e:
+        raise CompareError(f"{where}: {e}") from None
 
 
 def default_modes(cfg: cfgmod.Config) -> list[str]:
@@ -211,21 +245,98 @@ def new_compare_dir(root: Path, name: str) -> Path:
             continue
 
 
-def write_plan(path: Path, variants: list[Variant], meta: dict) -> None:
-    data = {**meta, "variants": [asdict(v) for v in variants]}
-    runs.atomic_write(path / "plan.json", (json.dumps(runs._jsonable(data), indent=2) + "\n").encode())
+def encode_plan(variants: list[Variant], meta: dict) -> bytes:
+    """plan.json's bytes; refused here, before any directory exists, if too big to read back."""
+    data = (json.dumps(runs._jsonable({**meta, "variants": [asdict(v) for v in variants]}), indent=2) + "\n").encode()
+    if len(data) > PLAN_LIMIT:
+        raise CompareError(f"the plan of {len(variants):,} variants is {len(data):,} bytes, more than the {PLAN_LIMIT:,} allowed")
+    return data
+
+
+def write_plan(path: Path, variants: list[Variant], meta: dict, data: bytes | None = None) -> None:
+    runs.atomic_write(Path(path) / "plan.json", data if data is not None else encode_plan(variants, meta))
 
 
 def read_plan(path: Path) -> tuple[list[Variant], dict]:
+    """The variants and metadata of a compare directory, checked as untrusted input.
+
+    plan.json may have been edited: it is read only if it is a regular file of at most
+    PLAN_LIMIT bytes, every variant must have the fields and types ``write_plan`` writes,
+    an id that is a plain directory name (what ``_variant_id`` makes) and a config that
+    validates. Anything else is one CompareError naming plan.json, before anything is run,
+    created or deleted.
+    """
     p = Path(path) / "plan.json"
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         raise CompareError(f"{path} is not a compare directory (no plan.json)")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-        variants = [Variant(**v) for v in data.pop("variants")]
-    except (ValueError, TypeError, KeyError) as e:
-        raise CompareError(f"{p} is unreadable: {e}") from None
+        data = json.loads(_read_limited(p, PLAN_LIMIT).decode("utf-8"))
+    except CompareError:
+        raise
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise CompareError(f"{p} is not valid JSON ({_first_line(e)}); it is not the plan bptt compare wrote") from None
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+        raise CompareError(f"{p}: expected an object with a list of 'variants'; it is not the plan bptt compare wrote")
+    items = data.pop("variants")
+    if not items or len(items) > MAX_VARIANTS:
+        raise CompareError(f"{p}: {len(items):,} variants; a plan holds 1 to {MAX_VARIANTS:,}")
+    for key, kind in (("name", str), ("budget", str), ("base_config", dict)):
+        if key in data and not isinstance(data[key], kind):
+            raise CompareError(f"{p}: '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}")
+    variants = [_check_variant(p, i, v) for i, v in enumerate(items)]
+    seen: set[str] = set()
+    for v in variants:
+        if v.id in seen:
+            raise CompareError(f"{p}: variant id {v.id!r} appears twice")
+        seen.add(v.id)
     return variants, data
+
+
+def _check_variant(p: Path, i: int, item: Any) -> Variant:
+    where = f"{p}: variants[{i}]"
+    fields = {"id": str, "mode": str, "grid": dict, "seed": int, "config": dict}
+    if not isinstance(item, dict) or set(item) != set(fields):
+        raise CompareError(f"{where} must be an object with exactly the fields {', '.join(fields)}")
+    for key, kind in fields.items():
+        if not isinstance(item[key], kind) or isinstance(item[key], bool):
+            raise CompareError(f"{where}.{key} must be a {kind.__name__}, got {type(item[key]).__name__}")
+    vid = item["id"]
+    if not is_safe_id(vid):
+        raise CompareError(f"{where}.id {vid[:80]!r} is not a plain directory name ({SAFE_ID.pattern}); refusing to use it")
+    if not all(isinstance(k, str) for k in item["grid"]):
+        raise CompareError(f"{where}.grid keys must be strings")
+    try:
+        cfgmod.from_dict(item["config"], source=f"{p} variant {vid}")
+    except cfgmod.ConfigError as e:
+        raise CompareError(f"{where}.config is not a valid config: {e}") from None
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CompareError(f"{where}.config is not a valid config: {_first_line(e)}") from None
+    return Variant(**item)
+
+
+def is_safe_id(vid: str) -> bool:
+    return bool(SAFE_ID.fullmatch(vid)) and vid not in (".", "..")
+
+
+def variant_dir(path: Path, vid: str) -> Path:
+    """The absolute directory of variant ``vid``: a real folder (or nothing yet) directly inside
+    the compare directory. Raises CompareError for anything that would lead elsewhere."""
+    root = Path(path).resolve()
+    if not is_safe_id(vid):
+        raise CompareError(f"variant id {vid[:80]!r} is not a plain directory name; refusing to use it")
+    d = root / vid
+    if d.is_symlink():
+        raise CompareError(f"{d} is a symbolic link; a variant directory must be a real folder inside {root}")
+    if d.exists() and not d.is_dir():
+        raise CompareError(f"{d} is not a folder; a variant directory must be a real folder inside {root}")
+    if d.resolve().parent != root:  # pragma: no cover - a safe name and no symlink already ensure it
+        raise CompareError(f"{d} leads outside {root}")
+    return d
+
+
+def check_variant_dirs(path: Path, variants: list[Variant]) -> dict[str, Path]:
+    """{id: absolute directory} for every variant, all checked before any is touched."""
+    return {v.id: variant_dir(path, v.id) for v in variants}
 
 
 def is_compare_dir(path: Path) -> bool:
@@ -234,13 +345,47 @@ def is_compare_dir(path: Path) -> bool:
 
 def variant_state(path: Path, v: Variant) -> str:
     """completed/diverged (done), interrupted/failed/running (resume or restart), missing."""
-    d = path / v.id
+    d = Path(path) / v.id
     if not runs.is_run_dir(d):
         return "missing"
+    return read_summary(d).get("status", "missing")
+
+
+def read_summary(d: Path) -> dict:
+    """A variant's summary.json as a dict, or {} when missing or damaged (size limit, type
+    checked); a status that is not a string counts as missing."""
     try:
-        return json.loads((d / "summary.json").read_text(encoding="utf-8")).get("status", "missing")
-    except (OSError, ValueError):
-        return "missing"
+        data = json.loads(_read_limited(Path(d) / "summary.json", SUMMARY_LIMIT).decode("utf-8"))
+    except (CompareError, ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("status", ""), str):
+        return {}
+    return data
+
+
+def _read_limited(p: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most ``limit``; a FIFO, device or folder is refused without
+    blocking (O_NONBLOCK on open, type checked on the descriptor)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError as e:
+        raise CompareError(f"{p} cannot be read ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CompareError(f"{p} is not a regular file")
+        if st.st_size > limit:
+            raise CompareError(f"{p} is {st.st_size:,} bytes, more than the {limit:,} allowed")
+        os.set_blocking(fd, True)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise CompareError(f"{p} is more than the {limit:,} bytes allowed")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _steps_done(d: Path) -> int:
