@@ -1,7 +1,8 @@
 """The `bptt` command line: parse, call the layers below, turn their errors into exit codes.
 
 Exit codes: 0 success (a diverged run is a result, not a crash), 1 a failed expectation,
-gradient check or --fail-on-diverge, 2 bad input of any kind, 130 interrupted.
+gradient check or --fail-on-diverge, or a compare variant that failed, 2 bad input of any
+kind, 130 interrupted.
 Data goes to stdout; messages and progress go to stderr.
 """
 
@@ -342,33 +343,66 @@ def compare(
     sort: Optional[str] = typer.Option(None, "--sort", help="Order rows by a column: " + ", ".join(render.SORT_KEYS) + "."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress display."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
+    expect: list[str] = typer.Option([], "--expect", help="Check every variant's final metric, e.g. 'eval.accuracy>=0.9' (repeatable); exit 1 if a variant misses it."),
+    fail_on_diverge: bool = typer.Option(False, "--fail-on-diverge", help="Exit 1 when a variant diverges."),
 ) -> None:
-    """Run truncation modes (x grid points x seeds) side by side and show one table."""
+    """Run truncation modes (x grid points x seeds) side by side and show one table.
+
+    Exit codes: 0 every variant completed (a diverged variant is a result, as in train);
+    1 a variant failed, missed an --expect, or diverged with --fail-on-diverge;
+    2 bad input (options, config, a damaged compare directory); 130 interrupted.
+    """
     from bptt_cli import compare as cmp
+    from bptt_cli import config as cfgmod
 
     if sort is not None and sort not in render.SORT_KEYS:
         raise fail(f"--sort must be one of {', '.join(render.SORT_KEYS)}, got {sort!r}")
     with user_errors():
+        expectations = tuple(cfgmod.parse_expectation(e) for e in expect)
         if resume is not None:
             if config is not None or modes or seeds or grid or set_ or smoke:
                 raise fail("--resume takes everything from the compare directory; drop CONFIG, --modes, --seeds, --grid, --set and --smoke")
             variants, _ = cmp.read_plan(resume)
+            cmp.check_variant_dirs(resume, variants)
             path = resume
         else:
             variants, path = _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root)
     err.print(f"compare: {path} ({len(variants)} variants)", markup=False)
-    with StopFlag() as stop, _executor(workers or os.cpu_count() or 1, scheduler, stop) as (executor, in_process):
+    with user_errors(), StopFlag() as stop, _executor(workers or os.cpu_count() or 1, scheduler, stop) as (executor, in_process, remote):
         with _live(quiet) as show:
-            progress = cmp.execute_all(path, variants, executor, in_process=in_process, stop=stop, on_progress=show)
-    result = cmp.collect(path)
-    cmp.write_results(path, result)
+            progress = cmp.execute_all(path, variants, executor, in_process=in_process, remote_stop=remote, stop=stop, on_progress=show)
+    with user_errors():
+        result = cmp.collect(path)
+        if expectations:
+            result["expectations"] = cmp.check_expectations(result, expectations)
+        cmp.write_results(path, result)
     if as_json:
         out.print_json(json.dumps(runs._jsonable(result)))
     else:
         _print_compare(result, sort)
-    if any(s in ("interrupted", "not started") for s in progress.status.values()) and stop.requested:
+    raise typer.Exit(_compare_exit_code(path, result, progress, stop.requested, fail_on_diverge))
+
+
+def _compare_exit_code(path: Path, result: dict, progress, stopped: bool, fail_on_diverge: bool) -> int:
+    """Say how the compare ended on stderr and choose the exit code (see ``compare``'s help)."""
+    statuses = {r["id"]: r.get("status") for r in result["variants"]}
+    if stopped and any(s in ("interrupted", "not started") for s in [*statuses.values(), *progress.status.values()]):
         err.print(f"interrupted; finish the missing variants with: bptt compare --resume {path}", markup=False)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    code = 0
+    bad = [vid for vid, s in statuses.items() if s not in ("completed", "diverged")]
+    if bad:
+        err.print(f"{len(bad)} of {len(statuses)} variants did not complete ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); their errors are in the table and in each variant's summary.json", markup=False)
+        code = EXIT_FAILED
+    diverged = [vid for vid, s in statuses.items() if s == "diverged"]
+    if diverged and fail_on_diverge:
+        err.print(f"{len(diverged)} of {len(statuses)} variants diverged (--fail-on-diverge)", markup=False)
+        code = EXIT_FAILED
+    for row in result.get("expectations", []):
+        if not row["ok"]:
+            err.print(f"expectation failed: {row['id']}: {row['metric']} = {render.fmt(row['value'])}, wanted {row['expect']}", markup=False)
+            code = EXIT_FAILED
+    return code
 
 
 def _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root):
@@ -386,15 +420,17 @@ def _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root):
         grid=cmp.parse_grid(grid) if grid else None,
         budget=budget,
     )
+    meta = {"name": base.name, "budget": budget, "base_config": cfgmod.to_dict(base)}
+    data = cmp.encode_plan(variants, meta)  # refused if too big, before any directory exists
     path = cmp.new_compare_dir(runs_root, base.name)
-    cmp.write_plan(path, variants, {"name": base.name, "budget": budget, "base_config": cfgmod.to_dict(base)})
+    cmp.write_plan(path, variants, meta, data)
     return variants, path
 
 
 @contextmanager
 def _executor(workers: int, scheduler: str | None, stop):
-    """(executor, runs in this process?) for --workers / --scheduler, shut down (and a Dask
-    client closed) on the way out, dropping what never started."""
+    """(executor, runs in this process?, Dask stop flag or None) for --workers / --scheduler,
+    shut down (and a Dask client closed) on the way out, dropping what never started."""
     from concurrent.futures import ThreadPoolExecutor
 
     from bptt_cli import compare as cmp
@@ -415,11 +451,11 @@ def _executor(workers: int, scheduler: str | None, stop):
     else:
         executor, in_process = cmp.ProcessPerTaskExecutor(workers, stop=stop), False
     try:
-        yield executor, in_process
+        yield executor, in_process, cmp.DaskStop() if client is not None else None
     finally:
         try:
             executor.shutdown(wait=True, cancel_futures=True)
-        except TypeError:  # Dask's ClientExecutor has no cancel_futures; the loop cancelled them
+        except TypeError:  # Dask's ClientExecutor has no cancel_futures; every future is done by now
             executor.shutdown(wait=True)
         if client is not None:
             client.close()
@@ -439,7 +475,8 @@ def _live(quiet: bool):
             for vid, status in prog.status.items():
                 if vid not in done and status not in ("queued", "running"):
                     done.add(vid)
-                    err.print(f"variant {vid}: {status} at step {prog.steps.get(vid, 0)} ({len(done)}/{len(prog.status)})", markup=False)
+                    why = f": {prog.errors[vid]}" if vid in prog.errors else ""
+                    err.print(f"variant {vid}: {status} at step {prog.steps.get(vid, 0)}{why} ({len(done)}/{len(prog.status)})", markup=False)
 
         yield log
         return

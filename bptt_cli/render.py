@@ -395,11 +395,13 @@ def _status_cell(statuses: dict[str, int]) -> Text:
 def variants_table(result: dict) -> Table:
     """One row per variant: status and where it stopped (for runs that did not complete)."""
     table = Table(title=f"Variants (run directories under {result.get('path', '.')})", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("variant", "seed", "status", "stopped at step", "updates", "eval loss", "directory"):
+    errors = any(r.get("error") for r in result["variants"])
+    cols = ("variant", "seed", "status", "stopped at step", "updates", "eval loss", "directory") + (("error",) if errors else ())
+    for col in cols:
         table.add_column(col, justify="right" if col in ("seed", "updates", "eval loss", "stopped at step") else "left")
     for r in result["variants"]:
         status = r.get("status", "?")
-        table.add_row(
+        cells = [
             r["group"],
             str(r["seed"]),
             Text(status, style=STATUS_STYLE.get(status, "")),
@@ -407,7 +409,10 @@ def variants_table(result: dict) -> Table:
             fmt(r.get("updates")),
             fmt(r.get("eval_loss")),
             r.get("id", ""),
-        )
+        ]
+        if errors:  # the first line of what went wrong; the whole of it is in the variant's files
+            cells.append(Text(r.get("error") or "", style="red"))
+        table.add_row(*cells)
     return table
 
 
