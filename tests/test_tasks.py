@@ -426,7 +426,30 @@ BAD = [
     ("text", {"depth": -1}, "depth"),
     ("text", {"n_sentences": 1}, "n_sentences"),  # too short for one window
     ("text", {"path": 3}, "path"),
+    # sizes that would exhaust memory or time before the first step (issue 13)
+    ("delay", {"length": 10**7}, "length"),
+    ("delay", {"vocab": 10**6}, "vocab"),
+    ("adding", {"length": 1e7}, "length"),
+    ("copy_memory", {"gap": 10**7}, "gap"),
+    ("copy_memory", {"n_symbols": 10**5}, "n_symbols"),
+    ("agreement", {"distance": 10**7}, "distance"),
+    ("agreement", {"n_fillers": 10**6}, "n_fillers"),
+    ("temporal_order", {"length": 10**7}, "length"),
+    ("sine", {"n_waves": 10**6}, "n_waves"),
+    ("sine", {"noise": 1e300}, "noise"),
+    ("text", {"n_sentences": 10**9}, "n_sentences"),
+    ("text", {"length": 10**7}, "length"),
 ]
+
+
+def test_every_numeric_parameter_has_an_upper_bound_and_says_it():
+    for name, cls in REGISTRY.items():
+        for p in cls.params:
+            if p.kind in (int, float):
+                assert p.high is not None, f"{name}.{p.name} has no upper bound"
+    with pytest.raises(TaskError) as e:
+        make_task("text", {"n_sentences": 10**9})
+    assert str(e.value) == "task 'text' parameter 'n_sentences' is 1000000000; allowed: 1 <= n_sentences <= 500000"
 
 
 @pytest.mark.parametrize(("name", "params", "param"), BAD)

@@ -348,3 +348,96 @@ def test_a_relative_path_is_stored_resolved(tmp_path, monkeypatch):
     task = make_task("text", {"path": "ascii.txt", "length": 10})
     assert task.path == (tmp_path / "ascii.txt").resolve()
     assert task.p["path"] == "ascii.txt"  # the config keeps what the user wrote
+
+
+# -- hostile paths ---------------------------------------------------------------------------
+
+LOADER = """
+import sys
+from bptt_cli.tasks import TaskError, make_task
+try:
+    make_task("text", {"path": sys.argv[1], "length": 5}, cache_dir=sys.argv[2])
+except TaskError as e:
+    print(e.param, str(e), sep="\\n")
+    sys.exit(2)
+print("loaded")
+"""
+
+
+def load_in_subprocess(path, cache) -> tuple[int, str]:
+    """Load ``path`` in a fresh process; a hang fails the test at the timeout instead of stalling it."""
+    import subprocess
+    import sys
+
+    try:
+        r = subprocess.run([sys.executable, "-c", LOADER, str(path), str(cache)], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"loading {path} hung for 20 s")
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.returncode, r.stdout
+
+
+def _fifo(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    return tmp_path / "pipe", "a FIFO (named pipe)"
+
+
+def _dev_zero(tmp_path):
+    return Path("/dev/zero"), "a character device"
+
+
+def _directory(tmp_path):
+    return tmp_path, "a directory"
+
+
+def _link_to_dev_zero(tmp_path):
+    (tmp_path / "zero.txt").symlink_to("/dev/zero")
+    return tmp_path / "zero.txt", "a character device"
+
+
+def _link_to_fifo(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "pipe.txt").symlink_to(tmp_path / "pipe")
+    return tmp_path / "pipe.txt", "a FIFO (named pipe)"
+
+
+@pytest.mark.parametrize("make", [_fifo, _dev_zero, _directory, _link_to_dev_zero, _link_to_fifo])
+def test_only_regular_files_are_read(tmp_path, make):
+    path, kind = make(tmp_path)
+    code, out = load_in_subprocess(path, tmp_path / "c")
+    param, message = out.split("\n", 1)
+    assert code == 2 and param == "path", out
+    assert str(path) in message and f"is {kind}, not a regular file; a regular UTF-8 text file is needed" in message
+
+
+def test_random_bytes_and_empty_files_are_refused(tmp_path):
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, size=100_000, dtype=np.uint8).tobytes())
+    code, out = load_in_subprocess(noise, tmp_path / "c")
+    assert code == 2 and "is not UTF-8 text: byte 0x" in out and "at offset" in out, out
+    empty = tmp_path / "empty.txt"
+    empty.touch()
+    code, out = load_in_subprocess(empty, tmp_path / "c")
+    assert code == 2 and out.endswith("is empty\n"), out
+    bom_only = tmp_path / "bom.txt"
+    bom_only.write_bytes(b"\xef\xbb\xbf")
+    code, out = load_in_subprocess(bom_only, tmp_path / "c")
+    assert code == 2 and "has 0 characters" in out, out
+    assert not (tmp_path / "c" / "text").exists() or not list((tmp_path / "c" / "text").iterdir())
+
+
+def test_oversized_files_and_vocabularies_are_refused(tmp_path, monkeypatch):
+    path = text_file(tmp_path, "multibyte")
+    monkeypatch.setattr(corpus, "MAX_TEXT_BYTES", 1000)
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 64)
+    with pytest.raises(TaskError, match=r"has more than 1,000 bytes; text files up to 1,000 bytes \(9.31323e-07 GiB\) are supported"):
+        make_task("text", {"path": str(path)})
+    monkeypatch.setattr(corpus, "MAX_TEXT_BYTES", 1 << 30)
+    monkeypatch.setattr(corpus, "MAX_VOCAB", 5)
+    with pytest.raises(TaskError, match=r"has 12 distinct characters; at most 5 are supported") as e:
+        make_task("text", {"path": str(path)})
+    assert e.value.param == "path"

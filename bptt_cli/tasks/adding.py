@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptt_cli.tasks.base import Batch, Param, Task
+from bptt_cli.tasks.base import MAX_LENGTH, Batch, Param, Task
 
 
 class AddingTask(Task):
@@ -24,7 +24,7 @@ class AddingTask(Task):
 
     name = "adding"
     description = "Adding problem: sum the two marked values; one target at the last step (mse)."
-    params = (Param("length", 50, "sequence length T (the first mark is in the first half)", int, low=4),)
+    params = (Param("length", 50, "sequence length T (the first mark is in the first half)", int, low=4, high=MAX_LENGTH),)
     loss = "mse"
 
     def __init__(self, params=None, **kw) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptt_cli.tasks.base import Batch, Param, Task, TaskError
+from bptt_cli.tasks.base import MAX_LENGTH, MAX_SYMBOLS, Batch, Param, Task, TaskError
 
 
 class AgreementTask(Task):
@@ -32,10 +32,15 @@ class AgreementTask(Task):
     name = "agreement"
     description = "Agreement: recall the first token's class after `distance` fillers (loss at the query)."
     params = (
-        Param("n_classes", 2, "classes of the first token (output size)", int, low=2),
-        Param("n_fillers", 8, "filler tokens between the first token and the query", int, low=1),
+        Param("n_classes", 2, "classes of the first token (output size)", int, low=2, high=MAX_SYMBOLS),
+        Param("n_fillers", 8, "filler tokens between the first token and the query", int, low=1, high=MAX_SYMBOLS),
         Param(
-            "distance", 8, "fillers between the first token and the query (the maximum with min_distance)", int, low=1
+            "distance",
+            8,
+            "fillers between the first token and the query (the maximum with min_distance)",
+            int,
+            low=1,
+            high=MAX_LENGTH,
         ),
         Param(
             "min_distance",
@@ -43,6 +48,7 @@ class AgreementTask(Task):
             "if set, each sequence draws its distance uniformly in [min_distance, distance]",
             int,
             low=1,
+            high=MAX_LENGTH,
             optional=True,
         ),
     )

@@ -25,6 +25,12 @@ from bptt_cli.core.errors import InvalidInputError
 
 LossKind = Literal["cross_entropy", "mse"]
 
+# Upper bounds of the parameters that size a batch, so a typo (1e7) is refused at validation
+# instead of failing with a MemoryError mid-run. One (T, B, H) float32 state is 1.6 GB at
+# T = 100,000, B = 32, H = 128: the longest sequences the engine is benchmarked on.
+MAX_LENGTH = 100_000  # T, and any distance or gap that sets T
+MAX_SYMBOLS = 1024  # one-hot widths of the synthetic tasks (vocabularies, classes, fillers)
+
 # Stream ids mixed into the seed: training and evaluation never share a generator.
 TRAIN_STREAM = 0
 EVAL_STREAM = 1

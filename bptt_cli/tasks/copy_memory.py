@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptt_cli.tasks.base import Batch, Param, Task
+from bptt_cli.tasks.base import MAX_LENGTH, MAX_SYMBOLS, Batch, Param, Task
 
 N_CATEGORIES = 8
 BLANK = 0
@@ -34,8 +34,8 @@ class CopyMemoryTask(Task):
     name = "copy_memory"
     description = "Copy memory: reproduce the first n_symbols inputs after a gap of blanks."
     params = (
-        Param("n_symbols", 10, "symbols to remember (from 8 categories)", int, low=1),
-        Param("gap", 10, "blank steps between the symbols and the delimiter", int, low=0),
+        Param("n_symbols", 10, "symbols to remember (from 8 categories)", int, low=1, high=MAX_SYMBOLS),
+        Param("gap", 10, "blank steps between the symbols and the delimiter", int, low=0, high=MAX_LENGTH),
     )
     loss = "cross_entropy"
 

@@ -172,8 +172,8 @@ def file_chunks(f: io.BufferedReader, where: str) -> Chunks:
                 total += len(chunk)
                 if total > MAX_TEXT_BYTES:
                     raise TaskError(
-                        f"{where} is larger than {MAX_TEXT_BYTES >> 30} GiB; text files up to "
-                        f"{MAX_TEXT_BYTES >> 30} GiB ({MAX_TEXT_BYTES:,} bytes) are supported",
+                        f"{where} has more than {MAX_TEXT_BYTES:,} bytes; text files up to "
+                        f"{MAX_TEXT_BYTES:,} bytes ({MAX_TEXT_BYTES / 2**30:g} GiB) are supported",
                         "path",
                     )
                 yield chunk

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptt_cli.tasks.base import Batch, Param, Task, TaskError
+from bptt_cli.tasks.base import MAX_LENGTH, MAX_SYMBOLS, Batch, Param, Task, TaskError
 
 
 class DelayTask(Task):
@@ -21,9 +21,9 @@ class DelayTask(Task):
     name = "delay"
     description = "Echo: output the symbol seen `delay` steps ago (dependency length = delay)."
     params = (
-        Param("vocab", 8, "number of symbols (one-hot input and output size)", int, low=2),
-        Param("delay", 5, "steps between a symbol and its echo; must be < length", int, low=0),
-        Param("length", 30, "sequence length T", int, low=1),
+        Param("vocab", 8, "number of symbols (one-hot input and output size)", int, low=2, high=MAX_SYMBOLS),
+        Param("delay", 5, "steps between a symbol and its echo; must be < length", int, low=0, high=MAX_LENGTH - 1),
+        Param("length", 30, "sequence length T", int, low=1, high=MAX_LENGTH),
     )
     loss = "cross_entropy"
 

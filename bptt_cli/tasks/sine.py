@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptt_cli.tasks.base import Batch, Param, Task, TaskError
+from bptt_cli.tasks.base import MAX_LENGTH, MAX_SYMBOLS, Batch, Param, Task, TaskError
 
 
 class SineTask(Task):
@@ -30,9 +30,9 @@ class SineTask(Task):
     name = "sine"
     description = "Sine: predict the next value of a sum of sines with random frequencies and phases (mse)."
     params = (
-        Param("n_waves", 2, "sines summed per sequence (amplitude 1/n_waves each)", int, low=1),
-        Param("length", 50, "sequence length T", int, low=1),
-        Param("noise", 0.0, "standard deviation of Gaussian noise added to every sample", float, low=0.0),
+        Param("n_waves", 2, "sines summed per sequence (amplitude 1/n_waves each)", int, low=1, high=MAX_SYMBOLS),
+        Param("length", 50, "sequence length T", int, low=1, high=MAX_LENGTH),
+        Param("noise", 0.0, "standard deviation of Gaussian noise added to every sample", float, low=0.0, high=100.0),
         Param("min_freq", 0.02, "lowest frequency, in cycles per step", float, low=0.0, high=0.5),
         Param("max_freq", 0.1, "highest frequency, in cycles per step", float, low=0.0, high=0.5),
     )

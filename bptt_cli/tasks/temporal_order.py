@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bptt_cli.tasks.base import Batch, Param, Task
+from bptt_cli.tasks.base import MAX_LENGTH, Batch, Param, Task
 
 N_SYMBOLS = 6
 N_DISTRACTORS = 4
@@ -32,7 +32,7 @@ class TemporalOrderTask(Task):
 
     name = "temporal_order"
     description = "Temporal order: classify the order of two A/B symbols hidden among distractors."
-    params = (Param("length", 50, "sequence length T (relevant symbols near 0.1 T and 0.5 T)", int, low=10),)
+    params = (Param("length", 50, "sequence length T (relevant symbols near 0.1 T and 0.5 T)", int, low=10, high=MAX_LENGTH),)
     loss = "cross_entropy"
 
     def __init__(self, params=None, **kw) -> None:
