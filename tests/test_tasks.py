@@ -449,7 +449,7 @@ def test_every_numeric_parameter_has_an_upper_bound_and_says_it():
                 assert p.high is not None, f"{name}.{p.name} has no upper bound"
     with pytest.raises(TaskError) as e:
         make_task("text", {"n_sentences": 10**9})
-    assert str(e.value) == "task 'text' parameter 'n_sentences' is 1000000000; allowed: 1 <= n_sentences <= 500000"
+    assert str(e.value) == "task 'text' parameter 'n_sentences' is 1000000000; allowed: 1 <= n_sentences <= 200000"
 
 
 @pytest.mark.parametrize(("name", "params", "param"), BAD)

@@ -45,8 +45,9 @@ import numpy as np
 from bptt_cli.tasks import corpus, grammar
 from bptt_cli.tasks.base import CORPUS_STREAM, MAX_LENGTH, Batch, Param, Task, TaskError, _check_batch_size
 
-# Generating a sentence takes 25-45 us (depth 2-10, measured): 500,000 is 13-23 s and ~35 MB of text.
-MAX_SENTENCES = 500_000
+# A sentence takes 25-45 us to generate at depth 2-10 on an idle core and 3x that on a busy
+# one (measured: 500,000 sentences took 41-74 s on a loaded machine); 200,000 stays under ~30 s.
+MAX_SENTENCES = 200_000
 
 
 class TextTask(Task):
@@ -59,7 +60,7 @@ class TextTask(Task):
         Param("length", 50, "window length T (characters per training step)", int, low=1, high=MAX_LENGTH),
         Param("eval_fraction", 0.1, "share of the text, at its end, held out", float, low=0.01, high=0.5),
         Param("depth", 2, "generated corpus only: deepest nesting of relative clauses", int, low=0, high=10),
-        Param("n_sentences", 2000, "generated corpus only: number of sentences (~20 s to generate the most)", int, low=1, high=MAX_SENTENCES),
+        Param("n_sentences", 2000, "generated corpus only: number of sentences (the most take up to ~30 s to generate)", int, low=1, high=MAX_SENTENCES),
     )
     loss = "cross_entropy"
     stateful = True
