@@ -26,7 +26,7 @@ from bptt_cli.core.bptt import Workspace, loss_and_gradients
 from bptt_cli.core.gradcheck import reference_gradients
 
 KEYS = ("W_xh", "W_hh", "b_h", "W_hy", "b_y")
-GROUP_BYTES, BLOCK_BYTES = bptt._GROUP_BYTES, bptt._BLOCK_BYTES
+GROUP_BYTES, BLOCK_BYTES, SPAN_BYTES = bptt._GROUP_BYTES, bptt._BLOCK_BYTES, bptt._SPAN_BYTES
 
 
 def brute(params, x, targets, mask, spec, act, loss, h0):
@@ -98,6 +98,8 @@ def main() -> int:
         bptt._GROUP_BYTES = GROUP_BYTES if rng.random() < 0.5 else B * H * 8 * int(rng.integers(1, 4))
         # The same for the blocks of steps of the forward pass and the backward chain.
         bptt._BLOCK_BYTES = BLOCK_BYTES if rng.random() < 0.5 else B * H * 8 * int(rng.integers(1, 5))
+        # And the spans of the lag sweep: short spans make several, with carries between them.
+        bptt._SPAN_BYTES = SPAN_BYTES if rng.random() < 0.5 else B * H * 8 * int(rng.integers(1, 6))
         v, g, hl = loss_and_gradients(
             params, x, targets, mask, spec, activation=act, loss=loss, h0=h0, workspace=ws
         )

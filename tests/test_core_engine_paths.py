@@ -86,3 +86,38 @@ def test_workspace_states_after_each_entry_point():
     _, x2, _, _, _ = ref.random_problem(rng, 8, 3, 2, 5, 3, "mse")
     bptt.chunked_pass(p, x2, tg, m, "subsequence:3", lambda *a: None, activation="relu", loss="mse", workspace=ws)
     np.testing.assert_allclose(ws.states(), ref.forward(p, x2, "relu")[0], rtol=1e-12, atol=1e-14)
+
+
+# -- the lag sweep in spans ------------------------------------------------------------------
+@pytest.mark.parametrize("span_steps", [1, 2, 3, 7])
+@pytest.mark.parametrize("spec", ["k_truncated:1", "k_truncated:4", "tbptt:2:5", "tbptt:3:4", "tbptt:2:9"])
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+def test_lag_sweep_in_short_spans_matches_reference(monkeypatch, act, spec, span_steps):
+    """Spans of a few steps (rounded up to whole chunks and to at least W - C steps), so the
+    carries between spans and the padding of the last span are all exercised."""
+    rng = np.random.default_rng([33, span_steps, len(spec), ref.ACTIVATIONS.index(act)])
+    T, B, H = 13, 2, 3
+    p, x, tg, m, h0 = ref.random_problem(rng, T, B, 2, H, 3, "mse", density=0.8, with_h0=True)
+    monkeypatch.setattr(bptt, "_SPAN_BYTES", span_steps * B * H * 8)
+    monkeypatch.setattr(bptt, "_GROUP_BYTES", B * H * 8)  # one chain per group
+    _, g, _ = bptt.loss_and_gradients(p, x, tg, m, spec, activation=act, loss="mse", h0=h0)
+    assert_grads_match(g, ref.gradients(p, x, tg, m, spec, act, "mse", h0)[1], f"{spec} {act} span {span_steps}")
+
+
+def test_lag_sweep_memory_does_not_grow_with_T(monkeypatch):
+    """Besides hs (T+1, B, H) and the outputs (O, T, B), no work buffer spans the sequence:
+    the same buffers serve T = 600 and T = 1,200."""
+    B, H, O = 2, 3, 2
+    monkeypatch.setattr(bptt, "_SPAN_BYTES", 16 * B * H * 8)
+    monkeypatch.setattr(bptt, "_BLOCK_BYTES", 16 * B * H * 8)  # the forward's blocks, 16 steps too
+    rng = np.random.default_rng(34)
+    for spec in ["k_truncated:20", "tbptt:5:20"]:
+        sizes = []
+        for T in (600, 1200):
+            p, x, tg, m, _ = ref.random_problem(rng, T, B, 2, H, O, "cross_entropy")
+            ws = bptt.Workspace()
+            bptt.loss_and_gradients(p, x, tg, m, spec, workspace=ws)
+            big = {key[0]: buf.shape for key, buf in ws._bufs.items() if buf.size >= T * B}
+            assert set(big) <= {"hs", "y"}, f"{spec}: buffers of the sequence's length: {big}"
+            sizes.append(sum(buf.size for key, buf in ws._bufs.items() if key[0] not in ("hs", "y")))
+        assert sizes[0] == sizes[1], f"{spec}: work buffers grow with T: {sizes}"

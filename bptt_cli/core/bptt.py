@@ -200,15 +200,19 @@ def _check_finite_grads(grads: dict) -> None:
             raise DivergedError(f"gradient {k}")
 
 
-def _block_steps(B: int, H: int, dtype) -> int:
-    """Steps per block: a block's (B, H) rows of h, dL/dh and A stay in the L2 cache together."""
-    return max(1, _BLOCK_BYTES // (B * H * np.dtype(dtype).itemsize))
+def _block_steps(T: int, B: int, H: int, dtype) -> int:
+    """Steps per block: a block's (B, H) rows of h, dL/dh and A stay in the L2 cache together.
+
+    At most T, the whole sequence's length: ``chunked_pass`` passes its T for every chunk, so
+    chunks of different lengths share one set of block buffers.
+    """
+    return min(T, max(1, _BLOCK_BYTES // (B * H * np.dtype(dtype).itemsize)))
 
 
 _BLOCK_BYTES = 1 << 18
 
 
-def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Workspace) -> dict:
+def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Workspace, T_seq: int | None = None) -> dict:
     """W == C: the classic backward loop over t = T-1 .. 0, cut at every chunk start; the grads.
 
     x (T, B, I); hs (T+1, B, H) with hs[t+1] = h_t; dy (O, T, B) class-major dL/dy. Time runs
@@ -222,8 +226,8 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
     O = dy.shape[0]
     dt = hs.dtype
     W_hh, W_hy = params["W_hh"], params["W_hy"]
-    # Buffers at the full block size whatever T: chunked_pass calls this for chunks of several lengths.
-    buf = ws.get("block", (_block_steps(B, H, dt), B, H), dt)  # dL/dh_t of a block's steps, then A_t
+    # T_seq: chunked_pass calls this per chunk; the buffers are sized by the whole sequence.
+    buf = ws.get("block", (_block_steps(T_seq or T, B, H, dt), B, H), dt)  # dL/dh_t of a block's steps, then A_t
     dphi_buf = ws.get("dphi_block", buf.shape, dt)
     Tb = min(T, buf.shape[0])
     g = ws.get("g", (B, H), dt, zero=True)  # dL/dh_t from the steps after t
@@ -257,41 +261,91 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
     return grads
 
 
-def _lag_adjoints(dh: np.ndarray, dphi: np.ndarray | None, W_hh: np.ndarray, C: int, W: int, ws: Workspace) -> np.ndarray:
-    """W > C: A (Tp, B, H), the pre-activation adjoints summed over every window covering each step.
+def _lag_gradients(params: dict, x, hs, dy, C: int, W: int, activation: str, ws: Workspace) -> dict:
+    """W > C: the gradients through overlapping windows, time in spans of S steps, last first.
 
-    dh (Tp, B, H): dL/dh_t through the output alone (the direct term), rows T.. Tp-1 zero;
-    dphi (Tp, B, H): phi'(a_t), or None for identity; Tp = nC * C. See the module docstring.
-    The chains run in groups of n: a group's chain buffers and the rows of A and phi' it
-    touches stay in cache across its W lags, where one sweep over all chains would stream
-    every (Tp, B, H) array from memory W times (about 20% slower on config A).
+    x (T, B, I); hs (T+1, B, H); dy (O, T, B). A span covers whole chunks, steps s0 .. e0-1,
+    and its chains reach P = W - C steps further back, so its work buffers (dL/dh_t,
+    phi'(a_t) and A_t) hold the P + S rows of steps s0 - P .. e0-1 and never the whole
+    sequence: memory beyond hs and the outputs is O((S + W) B H), not O(T B H).
+
+        steps    s0-P .. s0-1 | s0 ............. e0-1 | e0 .. e0+P-1
+                 carry out    | this span's chunks    | carry in (from the later span)
+
+    The rows s0 .. e0-1 of A are complete once this span's chains have run, because the
+    later span's chains, which also reach them, ran first and left their share in the carry
+    (at most P rows, S >= P). Those rows go straight into the weight gradients (one matmul
+    each); the rows s0-P .. s0-1 become the carry of the span before.
     """
-    Tp, B, H = dh.shape
-    nC = Tp // C
-    n = max(1, _GROUP_BYTES // (B * H * dh.itemsize))
-    A = ws.get("A", (Tp, B, H), dh.dtype, zero=True)
-    G = ws.get("G", (min(n, nC), B, H), dh.dtype)  # dL/dh at each chain's current step
-    D = ws.get("D", (min(n, nC), B, H), dh.dtype)  # dL/da there
-    for c0 in range(0, nC, n):
-        c1 = min(c0 + n, nC)
-        _lag_sweep(dh, dphi, W_hh, C, min(W, c1 * C), c0, c1, A, G[: c1 - c0], D[: c1 - c0])
-    return A
+    T, B, I = x.shape
+    H = hs.shape[2]
+    O = dy.shape[0]
+    dt = hs.dtype
+    W_hh, W_hy = params["W_hh"], params["W_hy"]
+    nC = -(-T // C)  # chunks; the last may run past T, with zero losses there
+    P = W - C
+    n = max(1, _GROUP_BYTES // (B * H * dt.itemsize))  # chains per group
+    m = max(-(-P // C), -(-_SPAN_BYTES // (B * H * dt.itemsize * C)), 1)  # chunks per span, S = mC >= P
+    if m > n:
+        m = -(-m // n) * n  # whole groups, so only the sequence's last group is short
+    rows = P + m * C
+    dh = ws.get("lag_dh", (rows, B, H), dt)  # dL/dh_t through the output alone (the direct term)
+    dphi = ws.get("lag_dphi", (rows, B, H), dt) if activation != "identity" else None
+    A = ws.get("lag_A", (rows, B, H), dt)
+    carry = ws.get("lag_carry", (P, B, H), dt)
+    G = ws.get("G", (min(n, m), B, H), dt)  # dL/dh at each chain's current step
+    D = ws.get("D", (min(n, m), B, H), dt)  # dL/da there
+    ones = ws.get("ones", (m * C * B,), dt)
+    ones.fill(1)
+    grads = _new_grads(params)
+    for k0 in range((nC - 1) // m * m, -1, -m):
+        k1 = min(k0 + m, nC)
+        s0, e0 = k0 * C, k1 * C
+        t1 = min(e0, T)  # the span's last real step + 1
+        base = s0 - P  # row r of the buffers is step base + r
+        S = e0 - s0
+        nt = (t1 - s0) * B
+        np.matmul(dy[:, s0:t1].reshape(O, nt).T, W_hy, out=dh[P : P + t1 - s0].reshape(nt, H))
+        dh[P + t1 - s0 : P + S] = 0  # padding past T: no losses
+        if dphi is not None:
+            f0 = max(s0 - P, 0)
+            _dphi_into(activation, hs[f0 + 1 : t1 + 1], dphi[f0 - base : t1 - base])
+            dphi[t1 - base : e0 - base] = 0
+        A[: P + S] = 0
+        if k1 < nC:  # a later span ran: its chains' share of steps e0-P .. e0-1
+            A[S : S + P] += carry
+        for c0 in range(k0, k1, n):
+            c1 = min(c0 + n, k1)
+            _lag_sweep(dh, dphi, W_hh, C, min(W, c1 * C), c0, c1, A, G[: c1 - c0], D[: c1 - c0], base)
+        carry[...] = A[:P]
+        Ab = A[P : P + t1 - s0].reshape(nt, H)
+        grads["W_hh"] += Ab.T @ hs[s0:t1].reshape(nt, H)
+        grads["W_xh"] += Ab.T @ x[s0:t1].reshape(nt, I)
+        grads["b_h"] += ones[:nt] @ Ab  # the sum over rows; BLAS is 3x faster than A.sum(axis=0)
+    dy2 = dy.reshape(O, T * B)
+    np.matmul(dy2, hs[1:].reshape(T * B, H), out=grads["W_hy"])
+    dy2.sum(axis=1, out=grads["b_y"])
+    return grads
 
 
+_SPAN_BYTES = 1 << 22  # per work buffer of the lag sweep: spans of S steps, S B H of these bytes
 _GROUP_BYTES = 1 << 18  # chain buffer size per group: L2-sized work, still big matmuls
 
 
-def _lag_sweep(dh, dphi, W_hh, C: int, lags: int, c0: int, c1: int, A, G, D) -> None:
-    """Chains c0 .. c1-1 through their W lags, adding each lag's dL/da into A (see _lag_adjoints).
+def _lag_sweep(dh, dphi, W_hh, C: int, lags: int, c0: int, c1: int, A, G, D, base: int) -> None:
+    """Chains c0 .. c1-1 through their W lags, adding each lag's dL/da into A (see _lag_gradients).
 
-    G[i], D[i] belong to chain c0 + i; at lag j the live chains are c = max(c0, j//C) .. c1-1,
-    at steps (c+1)C - 1 - j (chains of earlier chunks have reached step 0 and stopped).
+    Row r of dh, dphi and A is step base + r. G[i], D[i] belong to chain c0 + i; at lag j the
+    live chains are c = max(c0, j//C) .. c1-1, at steps (c+1)C - 1 - j (chains of earlier
+    chunks have reached step 0 and stopped). The chains run in groups: a group's chain
+    buffers and the rows of A and phi' it touches stay in cache across its W lags, where one
+    sweep over all chains would stream the span's arrays from memory W times.
     """
-    G[...] = dh[(c0 + 1) * C - 1 : c1 * C : C]  # lag 0: each chain starts at its chunk's last step
+    G[...] = dh[(c0 + 1) * C - 1 - base : c1 * C - base : C]  # lag 0: each chain starts at its chunk's last step
     for j in range(lags):
         lo = max(c0, j // C)
-        p0 = (lo + 1) * C - 1 - j
-        at = slice(p0, p0 + (c1 - lo) * C, C)  # the steps the live chains are at
+        p0 = (lo + 1) * C - 1 - j - base
+        at = slice(p0, p0 + (c1 - lo) * C, C)  # the rows of the steps the live chains are at
         g = G[lo - c0 :]
         if dphi is None:
             da = g
@@ -328,7 +382,7 @@ def _dphi_into(activation: str, h: np.ndarray, out: np.ndarray) -> np.ndarray | 
     return out
 
 
-def _forward_span(params, x, hs, y, t0: int, t1: int, activation: str, ws: Workspace, W_hhT, W_hyT) -> None:
+def _forward_span(params, x, hs, y, t0: int, t1: int, activation: str, ws: Workspace, W_hhT, W_hyT, T_seq: int) -> None:
     """Steps t0 .. t1-1 of the forward pass in blocks: h_t into hs[t+1], W_hy h_t into y[:, t-t0].
 
     y (O, t1-t0, B) class-major, without b_y; hs[t0] must hold h_{t0-1}. A block's input
@@ -336,8 +390,8 @@ def _forward_span(params, x, hs, y, t0: int, t1: int, activation: str, ws: Works
     """
     B, H = hs.shape[1:]
     O = W_hyT.shape[1]
-    Tb = _block_steps(B, H, hs.dtype)
-    xw = ws.get("block", (Tb, B, H), hs.dtype)  # a block's input projections
+    Tb = _block_steps(T_seq, B, max(H, O), hs.dtype)  # T_seq: the whole sequence's length
+    xw = ws.get("xw_block", (Tb, B, H), hs.dtype)  # a block's input projections
     y_rows = ws.get("y_block", (Tb * B, O), hs.dtype)  # a block's outputs, one row per (t, b)
     for b0 in range(t0, t1, Tb):
         b1 = min(b0 + Tb, t1)
@@ -364,7 +418,7 @@ def forward_and_loss(params, x, targets, mask, h0, activation: str, loss: str, w
     y = ws.get("y", (O, T, B), dt)
     W_hhT = np.ascontiguousarray(params["W_hh"].T)
     W_hyT = np.ascontiguousarray(params["W_hy"].T)
-    _forward_span(params, x, hs, y, 0, T, activation, ws, W_hhT, W_hyT)
+    _forward_span(params, x, hs, y, 0, T, activation, ws, W_hhT, W_hyT, T)
     y += params["b_y"][:, None, None]
     if loss == "mse":
         targets = np.moveaxis(targets, -1, 0)  # (O, T, B), a view
@@ -408,24 +462,7 @@ def loss_and_gradients(
     if W == C:
         grads = _chain_gradients(params, x, hs, dy, C, activation, ws)
     else:
-        Tp = -(-T // C) * C
-        dy2 = dy.reshape(O, T * B)
-        dh = ws.get("dh", (Tp, B, H), dt)
-        dh[T:] = 0  # padding: no losses past T (the buffer may hold a longer sequence's rows)
-        np.matmul(dy2.T, params["W_hy"], out=dh[:T].reshape(T * B, H))  # direct terms dL/dh_t
-        dphi = ws.get("dphi", (Tp, B, H), dt)
-        dphi[T:] = 0
-        if _dphi_into(activation, hs[1:], dphi[:T]) is None:
-            dphi = None
-        A = _lag_adjoints(dh, dphi, params["W_hh"], C, W, ws)[:T].reshape(T * B, H)
-        h_out = hs[1:].reshape(T * B, H)
-        grads = {
-            "W_xh": A.T @ x.reshape(T * B, I),
-            "W_hh": A.T @ hs[:-1].reshape(T * B, H),
-            "b_h": np.ones(T * B, dt) @ A,  # the sum over rows; BLAS is 3x faster than A.sum(axis=0)
-            "W_hy": dy2 @ h_out,
-            "b_y": dy2.sum(axis=1),
-        }
+        grads = _lag_gradients(params, x, hs, dy, C, W, activation, ws)
     _check_finite_grads(grads)
     return value, grads, hs[T].copy()
 
@@ -493,7 +530,7 @@ def chunked_pass(
         # for a few steps the copy (25 us at H = 128) costs more than matmuls from the view save.
         W_hhT = np.ascontiguousarray(params["W_hh"].T) if n >= 16 else params["W_hh"].T
         W_hyT = np.ascontiguousarray(params["W_hy"].T)
-        _forward_span(params, x, hs, y, a, b, activation, ws, W_hhT, W_hyT)
+        _forward_span(params, x, hs, y, a, b, activation, ws, W_hhT, W_hyT, T)
         if overlap:
             W_ran[c % R] = params["W_hh"]
         if not supervised[c]:
@@ -504,7 +541,7 @@ def chunked_pass(
         if not np.isfinite(value):
             raise DivergedError("loss")
         if f == a:  # the window is the chunk itself
-            grads = _chain_gradients(params, x[a:b], hs[a : b + 1], dy, n, activation, ws)
+            grads = _chain_gradients(params, x[a:b], hs[a : b + 1], dy, n, activation, ws, T)
         else:
             grads = _window_gradients(params, x, hs, dy, a, b, f, C, W_ran, activation, ws)
         _check_finite_grads(grads)
