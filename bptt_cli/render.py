@@ -208,6 +208,9 @@ def summary_panel(summary: dict) -> Panel:
         )
     speed = summary.get("updates_per_second")
     grid.add_row("time", f"{fmt(summary.get('wall_time'))} s" + (f", {fmt(speed)} updates/s" if speed else ""))
+    th = summary.get("threads")
+    if isinstance(th, dict) and th.get("count") is not None:
+        grid.add_row("threads", Text(f"{fmt(th.get('count'))} BLAS ({th.get('source')}: {th.get('reason')})"))
     for e in summary.get("expectations") or []:
         grid.add_row(
             "expect",

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from bptt_cli import runs
+from bptt_cli import runs, threads
 from bptt_cli.config import Config, Expectation, dump_yaml, from_dict, to_dict
 from bptt_cli.core.errors import BpttError
 from bptt_cli.trainer import Event, Trainer
@@ -41,21 +41,25 @@ def execute(
     stop: Callable[[], bool] = lambda: False,
     on_event: Callable[[Event], None] | None = None,
     trainer: Trainer | None = None,
+    thread_budget: int | None = None,
 ) -> dict:
     """Train ``cfg`` in ``run_dir`` (already created, or an existing run when ``resume``).
 
     Returns the summary that was written. ``stop()`` is polled after every step; when it
     says so the run checkpoints and ends ``interrupted``. A KeyboardInterrupt raised
     mid-step also ends ``interrupted`` (the logs hold every update that finished).
+    BLAS threads are limited while the trainer runs, to ``cfg.train.threads`` or what
+    ``bptt_cli.threads`` picks; ``thread_budget`` caps that pick (a compare worker's share).
     ``runs.RunBusy`` when another process is writing ``run_dir``.
     """
     with runs.RunLock(run_dir):
-        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer)
+        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer, thread_budget=thread_budget)
 
 
-def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer) -> dict:
+def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_budget) -> dict:
     trainer = trainer or Trainer(cfg)
     data_fingerprint = _data_fingerprint(trainer.task)
+    choice = threads.choose_for(cfg, budget=thread_budget)
     writer = runs.RunWriter(run_dir)
     last_update: dict = {}
     last_eval: dict = {}
@@ -98,6 +102,7 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer) -> dict:
         "started": started,
         "resumed": resumed,
         "env": runs.environment(),
+        "threads": choice.to_dict(),
         "data": data_fingerprint,
         "config_digest": _config_digest(cfg),
     }
@@ -109,7 +114,7 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer) -> dict:
     status = "failed"
     on_boundary = False
     try:
-        for ev in trainer.run(state):
+        for ev in threads.limited(trainer.run(state), choice):
             if ev.kind == "update":
                 last_update = dict(ev.data)
                 if ev.data["update"] % cfg.train.log_every == 0:
@@ -194,6 +199,7 @@ def _config_digest(cfg: Config) -> str:
     grow) and task.path (where the data live; their content is checked by fingerprint)."""
     data = to_dict(cfg)
     data["train"].pop("steps", None)
+    data["train"].pop("threads", None)  # how fast it runs, not what it computes
     data["task"].pop("path", None)
     return "sha256:" + hashlib.sha256(json.dumps(runs._jsonable(data), sort_keys=True).encode()).hexdigest()
 

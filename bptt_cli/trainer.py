@@ -151,14 +151,14 @@ class Trainer:
         for step in range(state.step, cfg.steps):
             batch = self.task.train_batch(step, cfg.batch_size)
             h0 = state.h if self.task.stateful else None
-            if cfg.diagnostics_every and state.update >= state.next_diagnostics:
+            diagnose = bool(cfg.diagnostics_every) and state.update >= state.next_diagnostics
+            diag: dict | None = None
+            if diagnose:
                 state.next_diagnostics = (state.update // cfg.diagnostics_every + 1) * cfg.diagnostics_every
-                try:
-                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                        record = self._diagnostics(state, batch, h0, step + 1)
-                    yield Event("diagnostics", record)
-                except DivergedError:
-                    pass  # the same weights blow up in the training step below, which reports it
+                if self.chunked:  # the step's chunks move the weights: diagnose the ones it starts from
+                    diag = self._diagnostics(state, batch, h0, step + 1)
+                    if diag is not None:
+                        yield Event("diagnostics", diag)
             records: list[dict] = []
             scored: list[tuple[float, float]] = []  # (loss, supervised entries) of each update
             C = self.truncation.chunk_length(batch.x.shape[0]) if self.chunked else batch.x.shape[0]
@@ -173,13 +173,15 @@ class Trainer:
                     if self.chunked:
                         h_last = chunked_pass(
                             state.params, batch.x, batch.targets, batch.mask, self.truncation, apply,
-                            activation=act, loss=loss_kind, h0=h0,
+                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
                         )  # fmt: skip
                     else:
                         loss, grads, h_last = loss_and_gradients(
                             state.params, batch.x, batch.targets, batch.mask, self.truncation,
                             activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
                         )  # fmt: skip
+                        if diagnose:  # from this step's forward pass and gradient, before its update
+                            diag = self._diagnostics(state, batch, h0, step + 1, grads=grads)
                         apply(0, loss, grads)
             except DivergedError as e:
                 for r in records:
@@ -187,6 +189,8 @@ class Trainer:
                 yield Event("diverged", {"step": step + 1, "update": state.update + 1, "what": e.what, "time": clock()})
                 state.elapsed = clock()
                 return
+            if diag is not None and not self.chunked:
+                yield Event("diagnostics", diag)
             for r in records:
                 yield Event("update", r)
             state.step = step + 1
@@ -255,22 +259,33 @@ class Trainer:
         value = source.get(key)
         return isinstance(value, (int, float)) and t.check(float(value))
 
-    def _diagnostics(self, state: TrainState, batch: Batch, h0, step: int) -> dict:
+    def _diagnostics(self, state: TrainState, batch: Batch, h0, step: int, grads: dict | None = None) -> dict | None:
         """Gradient flow by lag, truncation bias and spectrum on this batch and these weights.
 
-        Reads the parameters and batch only (no RNG, separate buffers), so a run with
-        diagnostics on follows exactly the trajectory of the same run with them off.
+        ``grads``: the training step's gradient, whose forward pass is the workspace's
+        (``update_every: sequence``); without it, the mode's gradient is computed here first.
+        The flow and the spectrum read that forward pass's hidden states, the bias reuses the
+        gradient and adds a full-BPTT one unless the mode already is full. Reads the
+        parameters and batch only (no RNG), so a run with diagnostics on follows exactly the
+        trajectory of the same run with them off. None when a gradient is not finite: the
+        same weights blow up in the training step, which reports it.
         """
         from bptt_cli.core import diagnostics as diag
 
         act, loss_kind = self.cfg.model.activation, self.task.loss
         args = (state.params, batch.x, batch.targets, batch.mask)
-        flow = diag.gradient_flow(
-            *args, activation=act, loss=loss_kind, h0=h0, max_lag=self.cfg.diagnostics.max_lag
-        )
-        bias = diag.bias_for_mode(*args, self.truncation, activation=act, loss=loss_kind, h0=h0)
-        hs, _ = forward(state.params, batch.x, activation=act, h0=h0)
-        spec = diag.spectrum(state.params, hs=hs[1:], activation=act)
+        kw = {"activation": act, "loss": loss_kind, "h0": h0}
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if grads is None:
+                    _, grads, _ = loss_and_gradients(*args, self.truncation, **kw, workspace=self.workspace)
+                hs = self.workspace.states()  # (T+1, B, H)
+                flow = diag.gradient_flow(*args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs)
+                spec = diag.spectrum(state.params, hs=hs[1:], activation=act)
+                # Last: the full gradient it may compute overwrites the workspace's states.
+                bias = diag.bias_for_mode(*args, self.truncation, **kw, grads=grads, workspace=self.workspace)
+        except DivergedError:
+            return None
         return {"step": step, "update": state.update, "flow": flow, "bias": bias, "spectrum": spec}
 
 

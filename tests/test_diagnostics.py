@@ -127,6 +127,52 @@ def test_gradient_flow_float32_and_bad_max_lag():
             diagnostics.gradient_flow(net.params, x, tg, m, activation="tanh", loss="cross_entropy", max_lag=bad)
 
 
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("lk", LOSSES)
+def test_gradient_flow_from_given_states_equals_its_own_forward(act, lk):
+    """hs from the caller (the training step's forward pass) replaces the forward pass: the
+    engine's blocked forward gives the same profile, and a late, gappy mask changes nothing."""
+    p, x, tg, m, h0 = _problem(24, T=11, lk=lk, density=0.5)
+    m[:3] = 0  # chains start at the first supervised step
+    m[6] = 0  # a step with no loss inside the run of chains
+    own = diagnostics.gradient_flow(p, x, tg, m, activation=act, loss=lk, h0=h0, max_lag=6)
+    hs, _ = model.forward(p, x, activation=act, h0=h0)
+    given = diagnostics.gradient_flow(p, x, tg, m, activation=act, loss=lk, h0=h0, max_lag=6, hs=hs)
+    assert given == own
+    ws = bptt.Workspace()
+    bptt.loss_and_gradients(p, x, tg, m, "full", activation=act, loss=lk, h0=h0, workspace=ws)
+    engine = diagnostics.gradient_flow(p, x, tg, m, activation=act, loss=lk, h0=h0, max_lag=6, hs=ws.states())
+    assert engine["counts"] == own["counts"]
+    np.testing.assert_allclose(engine["norms"], own["norms"], rtol=1e-12)
+    want, counts = _flow_by_loops(p, x, tg, m, act, lk, h0, 6)
+    assert own["counts"] == counts
+    np.testing.assert_allclose(own["norms"], want, rtol=1e-12)
+
+
+def test_gradient_flow_refuses_states_of_another_shape():
+    p, x, tg, m, h0 = _problem(25)
+    hs, _ = model.forward(p, x, activation="tanh", h0=h0)
+    for bad in (hs[1:], hs.astype(np.float32), hs[:, :1]):
+        with pytest.raises(InvalidInputError, match="hs must"):
+            diagnostics.gradient_flow(p, x, tg, m, activation="tanh", loss="cross_entropy", h0=h0, hs=bad)
+
+
+def test_gradient_flow_float32_norms_past_the_float32_square_range():
+    """Adjoints near 1e20 square past float32's range: the norms are redone in float64, not inf."""
+    net = model.RNN.init(3, 6, 2, activation="identity", init="orthogonal", seed=1)  # float32
+    p = dict(net.params, W_hy=net.params["W_hy"] * np.float32(1e20))
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 2, 3)).astype(np.float32)
+    tg = rng.integers(0, 2, (5, 2))
+    m = np.ones((5, 2), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        flow = diagnostics.gradient_flow(p, x, tg, m, activation="identity", loss="cross_entropy")
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    want = diagnostics.gradient_flow(p64, x.astype(np.float64), tg, m, activation="identity", loss="cross_entropy")
+    assert all(math.isfinite(n) and n > 1e19 for n in flow["norms"])
+    np.testing.assert_allclose(flow["norms"], want["norms"], rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "decay, text",
     [
@@ -174,6 +220,28 @@ def test_bias_is_positive_for_k_truncated_zero_on_long_dependencies():
         assert bias["per_param"][k] == {**bias["per_param"][k], "cosine": 1.0, "rel_error": 0.0}
     wider = diagnostics.bias_for_mode(net.params, x, tg, m, "k_truncated:8", activation="tanh", loss="cross_entropy")
     assert 0 < wider["rel_error"] < bias["rel_error"]
+
+
+@pytest.mark.parametrize("spec", ["full", "k_truncated:2", "tbptt:2:4", "k_truncated:20"])
+def test_bias_from_the_callers_gradient_equals_the_computed_one(spec):
+    p, x, tg, m, h0 = _problem(32, T=7)
+    kw = {"activation": "tanh", "loss": "cross_entropy", "h0": h0}
+    _, g, _ = bptt.loss_and_gradients(p, x, tg, m, spec, **kw)
+    assert diagnostics.bias_for_mode(p, x, tg, m, spec, **kw, grads=g) == diagnostics.bias_for_mode(p, x, tg, m, spec, **kw)
+
+
+def test_bias_of_a_mode_that_is_full_reuses_the_gradient_as_the_full_one():
+    """full, and k_truncated:K with K >= T-1, are full BPTT: the given gradient is compared with
+    itself (no second gradient), whatever it holds."""
+    p, x, tg, m, h0 = _problem(33, T=7)
+    kw = {"activation": "tanh", "loss": "cross_entropy", "h0": h0}
+    _, g, _ = bptt.loss_and_gradients(p, x, tg, m, "full", **kw)
+    doubled = {k: 2 * v for k, v in g.items()}
+    for spec in ("full", "k_truncated:6"):
+        bias = diagnostics.bias_for_mode(p, x, tg, m, spec, **kw, grads=doubled)
+        assert bias["cosine"] == 1.0 and bias["rel_error"] == 0.0
+        assert bias["norm_full"] == pytest.approx(2 * diagnostics.bias_for_mode(p, x, tg, m, spec, **kw)["norm_full"])
+    assert diagnostics.bias_for_mode(p, x, tg, m, "k_truncated:5", **kw, grads=doubled)["rel_error"] > 0.5
 
 
 def test_truncation_bias_by_hand():

@@ -151,6 +151,50 @@ def test_diagnostics_do_not_change_the_trajectory():
     assert _of(off, "diagnostics") == []
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ("truncation.mode=full",),
+        ("truncation.mode=k_truncated:3",),
+        ("truncation.mode=subsequence:4", "truncation.update_every=chunk"),
+        ("truncation.mode=tbptt:2:5", "truncation.update_every=sequence"),
+    ],
+    ids=["full", "k_truncated", "subsequence-chunk", "tbptt-sequence"],
+)
+def test_diagnostics_leave_every_schedule_unchanged_and_describe_the_weights_before_the_step(mode):
+    """The pass reuses the step's forward pass and gradient (sequence updates) or runs before
+    the step (chunk updates); either way the trajectory is the run's without diagnostics, and
+    the numbers are those of the public functions on the weights the step started from."""
+    from bptt_cli.core import diagnostics as diag
+    from bptt_cli.core.model import forward
+
+    over = ("model.dtype=float64", "train.steps=3", *mode)
+    _, s_off, off = _events("train.diagnostics_every=0", *over)
+    cfg, s_on, on = _events("train.diagnostics_every=2", *over)
+    assert strip_time(_of(on, "update")) == strip_time(_of(off, "update"))
+    for k in s_off.params:
+        np.testing.assert_array_equal(s_on.params[k], s_off.params[k])
+    kinds = [e.kind for e in on if e.kind in ("diagnostics", "update")]
+    assert kinds[0] == "diagnostics" and kinds[1] == "update"  # reported before the step's updates
+    first = _of(on, "diagnostics")[0]
+    assert (first["step"], first["update"]) == (1, 0)
+
+    trainer = Trainer(cfg)
+    params = trainer.initial_state().params
+    b = trainer.task.train_batch(0, cfg.train.batch_size)
+    args = (params, b.x, b.targets, b.mask)
+    kw = {"activation": cfg.model.activation, "loss": trainer.task.loss}
+    flow = diag.gradient_flow(*args, **kw, max_lag=cfg.diagnostics.max_lag)
+    bias = diag.bias_for_mode(*args, cfg.truncation.spec, **kw)
+    spec = diag.spectrum(params, forward(params, b.x, activation=kw["activation"])[0][1:], kw["activation"])
+    assert first["flow"]["lags"] == flow["lags"] and first["flow"]["counts"] == flow["counts"]
+    np.testing.assert_allclose(first["flow"]["norms"], flow["norms"], rtol=1e-10)
+    assert first["bias"].keys() == bias.keys() and first["bias"]["mode"] == bias["mode"]
+    for k in ("norm_mode", "norm_full"):
+        assert first["bias"][k] == pytest.approx(bias[k], rel=1e-10)
+    assert first["spectrum"] == spec
+
+
 def test_diagnostics_every_n_updates():
     pytest.importorskip("bptt_cli.core.diagnostics", reason="bptt_cli/core/diagnostics.py is not written yet")
     _, _, events = _events("train.diagnostics_every=4", "train.steps=9")

@@ -9,6 +9,7 @@ process (one worker), in a process each (``ProcessPerTaskExecutor``), or on a Da
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import multiprocessing
 import os
@@ -208,7 +209,8 @@ class ProcessPerTaskExecutor(Executor):
         # BLAS variables the user left unset, read by libraries at load, reach those that
         # threadpoolctl cannot. They are marked as ours, so a worker does not take them for
         # a user's setting (which would win over its own choice).
-        self._env = threads.child_environ(max(1, threads.available_cores() // self._max))
+        self._budget = max(1, threads.available_cores() // self._max)
+        self._env = threads.child_environ(self._budget)
         if ctx_name == "forkserver":
             self._ctx.set_forkserver_preload(["bptt_cli.session", "bptt_cli.compare"])
             with _environ(self._env), _sigint_ignored():
@@ -223,6 +225,12 @@ class ProcessPerTaskExecutor(Executor):
         self._thread.start()
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        if fn is run_variant:
+            # The share of the cores goes with the call: the environment reaches a worker only
+            # through the fork server, which an earlier executor may have started with another.
+            kwargs.setdefault("thread_budget", self._budget)
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
         fut: Future = Future()
         with self._lock:
             if self._shutdown:

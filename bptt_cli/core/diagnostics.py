@@ -13,9 +13,15 @@ Jacobians diag(phi'(a_s)) W_hh. What a loss actually sends back is the adjoint
 
 through the full, untruncated graph, whatever mode the run trains with. As in the engine's
 ``k_truncated`` sweep, Python loops over the lag j and ONE batched matmul advances the adjoints
-of every (t, b) at once.
+of every (t, b) at once; the chains are kept in the order of t, so the live ones and the phi'
+rows they need are contiguous slices and nothing is gathered (``_lag_norms``).
 
-    lag j:  entries (t, b) with m_tb = 1 and t >= j,  G (N_j, H) -> (N_{j+1}, H)
+    lag j:  chains t >= j (from the first supervised step), at steps t - j,
+            G (rows_j, H) -> (rows_{j+1}, H),  rows_j = (last supervised t - max(j, first) + 1) B
+
+In a training run the pass reuses the step's own work: the forward pass's hidden states
+(``hs=``) and the mode's gradient (``grads=`` of :func:`bias_for_mode`), so it costs the lag
+sweep, the spectrum and, unless the mode is full BPTT, one full gradient.
 
 Two choices, so that the numbers mean the same thing on every batch:
 - only supervised steps count: the mean at lag j is over the (t, b) with m_tb = 1 and t >= j
@@ -30,7 +36,7 @@ import math
 
 import numpy as np
 
-from bptt_cli.core.bptt import check_inputs, loss_and_gradients
+from bptt_cli.core.bptt import Workspace, check_inputs, loss_and_gradients
 from bptt_cli.core.errors import InvalidInputError
 from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward
 from bptt_cli.core.truncation import Truncation, parse
@@ -69,17 +75,21 @@ def gradient_flow(
     loss: str,
     h0: np.ndarray | None = None,
     max_lag: int = 50,
+    hs: np.ndarray | None = None,
 ) -> dict:
     """Mean ||dL_t/dh_{t-j}|| by lag j through the full graph, and its fitted per-step decay.
 
     x (T, B, I); targets (T, B) int or (T, B, O); mask (T, B); h0 (B, H) or None. Lags run
     j = 0 .. min(T-1, max_lag), and stop early at the last supervised step (no loss reaches
-    further back). See the module docstring for which (t, b) are averaged and why.
+    further back). See the module docstring for which (t, b) are averaged and why. hs
+    (T+1, B, H): the hidden states of the forward pass of these weights and inputs, e.g.
+    ``Workspace.states()`` after the training step's ``loss_and_gradients``; without it the
+    forward pass runs here.
 
     Returns plain JSON-ready data::
 
         lags            [0, 1, ..., J]
-        norms           mean over supervised (t, b) with t >= j of ||dL_tb/dh_{t-j}||, float64
+        norms           mean over supervised (t, b) with t >= j of ||dL_tb/dh_{t-j}||
         counts          how many (t, b) each mean is over
         slope           least-squares slope of log(norm) vs lag, over lags with norm > 0
         decay_per_step  exp(slope): the factor the gradient norm changes by per step back
@@ -87,46 +97,24 @@ def gradient_flow(
         doubles_every   ln 2 / slope when slope > 0, else None
 
     slope, decay_per_step, halves_every and doubles_every are None with fewer than two lags of
-    non-zero norm. The computation runs in the parameters' dtype; nothing is modified. It costs
-    about what a ``k_truncated:max_lag`` backward does: one (N_j, H) @ (H, H) matmul per lag,
-    N_j the supervised entries at least j steps from the start.
+    non-zero norm. The adjoints run in the parameters' dtype and each lag's norms are summed
+    in float64; nothing is modified. It costs about what a ``k_truncated:max_lag`` backward
+    does: one (rows, H) @ (H, H) matmul per lag, and no gather (see ``_lag_norms``).
     """
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
     if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
         raise InvalidInputError(f"max_lag must be an integer >= 0, got {max_lag!r}")
-    T = x.shape[0]
-    hs, y = forward(params, x, activation=activation, h0=h0)  # hs (T+1, B, H), y (T, B, O)
-
-    # Supervised entries, latest step first: the entries still alive at lag j (t >= j) are
-    # then always a prefix, so each lag slices G[:n_j] (only phi' needs a gather).
-    t_idx, b_idx = np.nonzero(mask)
-    order = np.argsort(-t_idx, kind="stable")
-    t_idx, b_idx = t_idx[order], b_idx[order]  # (N,), (N,)
-    dy = _step_loss_grad(y[t_idx, b_idx], targets[t_idx, b_idx], loss)  # (N, O)
-    G = dy @ params["W_hy"]  # (N, H): G_0 = dL_tb/dh_t
-
-    dphi_of = ACTIVATIONS[activation][1]
-    dphi = None if dphi_of is None else dphi_of(hs[1:])  # (T, B, H): phi'(a_s)
-    W_hh = params["W_hh"]
-    J = min(T - 1, int(max_lag), int(t_idx[0]))
-    lags: list[int] = []
-    norms: list[float] = []
-    counts: list[int] = []
-    for j in range(J + 1):
-        n = int(np.count_nonzero(t_idx >= j))  # live entries: G[:n] = dL_t/dh_{t-j}
-        G = G[:n]
-        lags.append(j)
-        counts.append(n)
-        norms.append(float(np.linalg.norm(G.astype(np.float64, copy=False), axis=1).mean()))
-        if j == J:
-            break
-        n1 = int(np.count_nonzero(t_idx >= j + 1))
-        da = G[:n1]
-        if dphi is not None:
-            da = da * dphi[t_idx[:n1] - j, b_idx[:n1]]  # (n1, H): dL_t/da_{t-j}
-        G = da @ W_hh  # dL_t/dh_{t-j-1}, one matmul for every live (t, b)
-
+    T, B, _ = x.shape
+    H = params["W_hh"].shape[0]
+    if hs is None:
+        hs, _ = forward(params, x, activation=activation, h0=h0)
+    elif not isinstance(hs, np.ndarray) or hs.shape != (T + 1, B, H) or hs.dtype != x.dtype:
+        raise InvalidInputError(
+            f"hs must be the forward pass's states, shape (T+1, B, H) = ({T + 1}, {B}, {H}) and dtype "
+            f"{x.dtype}, got {getattr(hs, 'shape', None)} {getattr(hs, 'dtype', None)}"
+        )
+    lags, norms, counts = _lag_norms(params, hs, targets, mask, activation, loss, int(max_lag))
     slope = _fit_decay(lags, norms)
     out = {
         "lags": lags,
@@ -142,6 +130,77 @@ def gradient_flow(
     elif slope is not None and slope > 0:
         out["doubles_every"] = math.log(2) / slope
     return out
+
+
+def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: int):
+    """(lags, norms, counts) of the lag profile, every chain at once, with no gather.
+
+    One chain per step t from the first supervised step t0 to the last one t1 (each a
+    (B, H) block of rows), kept in the order of t. At lag j, chain t holds dL_t/dh_{t-j}
+    and sits at step t - j, so the live chains (t >= j) are a suffix of the buffer and the
+    steps they sit at are a contiguous run of phi' rows:
+
+        chains  t0 ........ t1           G (n, B, H), n = t1 - t0 + 1
+        lag j:  live t >= j, at steps max(t0 - j, 0) .. t1 - j
+
+    A (t, b) with m_tb = 0 starts at zero and stays zero (the chain is linear), adding
+    nothing to a lag's sum of norms; the mean divides by the supervised count alone.
+    """
+    T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    steps = np.flatnonzero(mask.any(axis=1))
+    t0, t1 = int(steps[0]), int(steps[-1])
+    n = t1 - t0 + 1
+    J = min(T - 1, max_lag, t1)
+    per_step = mask.sum(axis=1, dtype=np.int64)  # (T,)
+    from_j = np.cumsum(per_step[::-1])[::-1]  # supervised (t, b) with t >= j
+
+    # Lag 0: G_0 = dL_tb/dh_t = (dL_tb/dy_t) W_hy for the chains' steps, zero where m_tb = 0.
+    W_hy = params["W_hy"]
+    rows = hs[t0 + 1 : t1 + 2].reshape(n * B, H)
+    y = rows @ W_hy.T
+    y += params["b_y"]
+    tg = targets[t0 : t1 + 1]
+    dy = _step_loss_grad(y, tg.reshape(n * B, *tg.shape[2:]), loss)  # (n B, O)
+    dy *= mask[t0 : t1 + 1].reshape(n * B, 1)
+    G = (dy @ W_hy).reshape(n, B, H)
+    D = np.empty_like(G)
+    dphi_of = ACTIVATIONS[activation][1]
+    dphi = None if dphi_of is None else dphi_of(hs[1 : t1 + 2])  # (t1+1, B, H): phi'(a_s), s <= t1
+    W_hh = params["W_hh"]
+    sq = np.empty(n * B, dtype=hs.dtype)
+
+    lags, norms, counts = [], [], []
+    for j in range(J + 1):
+        lo = max(0, j - t0)  # first live chain
+        live = G[lo:].reshape(-1, H)
+        lags.append(j)
+        counts.append(int(from_j[j]))
+        norms.append(_sum_of_row_norms(live, sq[: len(live)]) / int(from_j[j]))
+        if j == J:
+            break
+        lo1 = max(0, j + 1 - t0)  # chains still live at lag j + 1
+        s0 = t0 + lo1 - j  # the step chain lo1 sits at now (>= 1)
+        if dphi is None:
+            da = G[lo1:]
+        else:
+            da = D[lo1:]
+            np.multiply(G[lo1:], dphi[s0 : s0 + n - lo1], out=da)  # dL_t/da_{t-j}
+        nxt = D if dphi is None else G  # identity: da is G itself, so write into D and swap
+        np.matmul(da.reshape(-1, H), W_hh, out=nxt[lo1:].reshape(-1, H))  # dL_t/dh_{t-j-1}
+        if nxt is D:
+            G, D = D, G
+    return lags, norms, counts
+
+
+def _sum_of_row_norms(rows: np.ndarray, sq: np.ndarray) -> float:
+    """sum_i ||rows[i]||: squares summed in the rows' dtype, the norms summed in float64; a
+    float32 square sum that overflows is redone in float64 (an inf row stays inf)."""
+    np.einsum("ij,ij->i", rows, rows, out=sq)
+    np.sqrt(sq, out=sq)
+    total = float(sq.sum(dtype=np.float64))
+    if not math.isfinite(total) and rows.dtype != np.float64:
+        total = float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64)).sum())
+    return total
 
 
 def describe_decay(decay: float | None) -> str:
@@ -215,7 +274,8 @@ def spectrum(params: dict, hs: np.ndarray | None = None, activation: str = "tanh
     share = None
     if activation == "tanh" and hs is not None:
         hs = np.asarray(hs)
-        share = float(np.count_nonzero(np.abs(hs) > SATURATION) / hs.size) if hs.size else None
+        # |h| > s as two comparisons: no |hs| temporary the size of hs
+        share = float((np.count_nonzero(hs > SATURATION) + np.count_nonzero(hs < -SATURATION)) / hs.size) if hs.size else None
     return {"spectral_radius": radius, "max_singular_value": sigma, "saturated_share": share}
 
 
@@ -229,17 +289,28 @@ def bias_for_mode(
     activation: str,
     loss: str,
     h0: np.ndarray | None = None,
+    grads: dict | None = None,
+    workspace: Workspace | None = None,
 ) -> dict:
     """:func:`truncation_bias` of ``truncation``'s gradient against ``full`` on one batch.
 
     Both gradients come from ``bptt.loss_and_gradients`` on the same weights and inputs
-    (no update, no randomness: params and inputs are read, never written). The result of
-    :func:`truncation_bias` gets a ``"mode"`` key with the canonical spec string.
+    (no update, no randomness: params and inputs are read, never written). ``grads``: the
+    mode's gradient when the caller already has it (the training step's); a mode that
+    reduces to full BPTT on this T (``full``, ``k_truncated:K`` with K >= T-1, ...) is its
+    own full gradient, so then nothing is computed here. ``workspace`` is passed on to the
+    engine (its hidden states are overwritten). The result of :func:`truncation_bias` gets a
+    ``"mode"`` key with the canonical spec string.
     """
     tr = parse(truncation)
-    kw = {"activation": activation, "loss": loss, "h0": h0}
-    _, g_mode, _ = loss_and_gradients(params, x, targets, mask, tr, **kw)
-    _, g_full, _ = loss_and_gradients(params, x, targets, mask, "full", **kw)
-    out = truncation_bias({k: g_mode[k] for k in PARAM_NAMES}, {k: g_full[k] for k in PARAM_NAMES})
+    kw = {"activation": activation, "loss": loss, "h0": h0, "workspace": workspace}
+    if grads is None:
+        _, grads, _ = loss_and_gradients(params, x, targets, mask, tr, **kw)
+    T = np.shape(x)[0]
+    if tr.chunk_and_window(T) == (T, T):
+        g_full = grads
+    else:
+        _, g_full, _ = loss_and_gradients(params, x, targets, mask, "full", **kw)
+    out = truncation_bias({k: grads[k] for k in PARAM_NAMES}, {k: g_full[k] for k in PARAM_NAMES})
     out["mode"] = str(tr)
     return out
