@@ -107,6 +107,7 @@ def train(
     """Train one model from a YAML config and log every update."""
     from bptt_cli import config as cfgmod
     from bptt_cli import runs, threads
+    from bptt_cli.budget import check_budget
     from bptt_cli.session import execute
     from bptt_cli.trainer import Trainer
 
@@ -132,6 +133,7 @@ def train(
             if smoke:
                 cfg = cfgmod.smoke(cfg)
         cfg = threads.with_threads(cfg, None if threads_ is None else threads.parse_setting(threads_))
+        check_budget(cfg)  # before the task is built: memory and log interval against this machine and run
         try:
             trainer = Trainer(cfg)
         except MemoryError:
@@ -139,6 +141,7 @@ def train(
                 f"not enough memory to build the task and model of this config (task {cfg.task.name}, "
                 f"model.hidden {cfg.model.hidden}, train.eval_size {cfg.train.eval_size}); make them smaller"
             ) from None
+        check_budget(cfg, trainer.task)  # again with the exact shapes (a text file's vocabulary)
         if resume is not None:
             path = resume
         elif run_dir is not None:
@@ -330,11 +333,13 @@ def validate(
     """Check a config and print it fully resolved (defaults and overrides filled in)."""
     from bptt_cli import config as cfgmod
 
+    from bptt_cli.budget import check_budget
     from bptt_cli.tasks import make_task
 
     with user_errors():
         cfg = cfgmod.load_config(config, set_)
-        make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=cfg.model.dtype)  # e.g. a text file that is missing
+        check_budget(cfg)  # before a corpus is built, then with the task's exact shapes
+        check_budget(cfg, make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=cfg.model.dtype))  # e.g. a text file that is missing
     sys.stdout.write(cfgmod.dump_yaml(cfg))
 
 
@@ -530,11 +535,13 @@ def gradcheck(
     from bptt_cli import compare as cmp
     from bptt_cli import runs, threads
     from bptt_cli import config as cfgmod
+    from bptt_cli.budget import check_budget
     from bptt_cli.core.gradcheck import run_gradcheck
     from bptt_cli.trainer import gradcheck_slice
 
     with user_errors():
         cfg = cfgmod.load_config(config, set_)
+        check_budget(cfg)
         params, x, targets, mask, act, loss = gradcheck_slice(cfg, max_steps=steps)
         T = x.shape[0]
         if modes:

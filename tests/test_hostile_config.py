@@ -237,3 +237,186 @@ def test_seed_count_may_not_run_past_the_largest_seed():
 def test_ranges_keep_every_shipped_config_valid():
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         load_config(path)
+
+
+# -- validation that knows the machine ------------------------------------------------------
+GB = 10**9
+
+
+@pytest.mark.parametrize(
+    ("sets", "key", "part"),
+    [
+        (["model.hidden=1e6"], "model.hidden", "the weights"),
+        (["train.batch_size=1e9"], "train.batch_size", "a training batch"),
+        (["train.eval_size=1e9"], "train.eval_size", "the held-out set"),
+        (["task.name=copy_memory", "task.gap=100000"], "task.gap", "the held-out set"),
+        (["task.name=agreement", "task.distance=100000"], "task.distance", "the held-out set"),
+        (["task.name=text", "task.n_sentences=200000", "train.batch_size=1", "train.eval_size=1"], "task.n_sentences", "the text corpus"),
+    ],
+)
+def test_configs_that_cannot_fit_are_refused_naming_the_key(sets, key, part):
+    from bptt_cli.budget import check_budget
+
+    cfg = load_config(None, sets)  # valid key by key
+    available = 5 * 10**6 if key == "task.n_sentences" else 4 * GB
+    with pytest.raises(ConfigError) as info:
+        check_budget(cfg, available=available)
+    e = info.value
+    assert e.path == key, str(e)
+    assert f"of that, {part}" in str(e) and f"lower {key}" in str(e)
+    assert "available now" in str(e) and len(str(e).splitlines()) == 1
+
+
+def test_every_shipped_config_fits_in_a_gigabyte():
+    from bptt_cli.budget import check_budget
+
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        check_budget(load_config(path), available=GB)
+
+
+def test_the_estimate_grows_with_what_it_names():
+    from bptt_cli.budget import estimate
+
+    def total(*sets):
+        return sum(n.bytes for n in estimate(load_config(None, list(sets))))
+
+    base = total()
+    assert total("model.hidden=128") > 1.5 * base  # W_hh and the states both grow
+    assert total("train.eval_size=2560") > 5 * base
+    assert total("model.dtype=float64") > 1.9 * base
+    assert total("truncation.mode=k_truncated:5") > base  # the lag sweep's buffers
+    assert total("train.diagnostics_every=10") > base
+
+
+def test_text_file_is_estimated_from_its_size_without_reading_it(tmp_path):
+    from bptt_cli.budget import check_budget, task_shape
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("abc def\n" * 1_000_000, encoding="utf-8")  # 8 MB
+    cfg = load_config(None, ["task.name=text", f"task.path={text}", "train.batch_size=1", "train.eval_size=1"])
+    assert task_shape(cfg).chars == 8_000_000
+    with pytest.raises(ConfigError) as info:
+        check_budget(cfg, available=5 * 10**6)
+    assert info.value.path == "task.path" and "of that, the text corpus" in str(info.value)
+    check_budget(cfg, available=GB)
+
+
+def test_exact_task_shape_is_used_when_given():
+    from bptt_cli.budget import task_shape
+    from bptt_cli.tasks import make_task
+
+    cfg = load_config(None, ["task.name=text", "task.n_sentences=200"])
+    task = make_task("text", cfg.task.params, seed=0)
+    exact = task_shape(cfg, task)
+    assert (exact.T, exact.I, exact.chars) == (task.length, task.n_in, len(task.corpus.ids))
+    assert task_shape(cfg).chars <= exact.chars  # the estimate errs low
+
+
+def test_unknown_available_memory_skips_only_the_memory_check(monkeypatch):
+    from bptt_cli import budget
+
+    monkeypatch.setattr(budget, "available_memory", lambda: None)
+    budget.check_budget(load_config(None, ["model.hidden=1e6"]))
+    with pytest.raises(ConfigError, match="train.log_every: 1000 is more than the 400 updates"):
+        budget.check_budget(load_config(None, ["train.log_every=1000"]))
+
+
+def test_available_memory_is_measured():
+    from bptt_cli.budget import available_memory
+
+    room = available_memory()
+    assert room is None or room > 0
+
+
+@pytest.mark.parametrize(
+    ("sets", "ok"),
+    [
+        (["train.log_every=400"], True),
+        (["train.log_every=401"], False),
+        (["train.log_every=1e9"], False),
+        # text.yaml: 300 steps of 4 chunks each make 1,200 updates
+        (["train.log_every=1200"], True),
+        (["train.log_every=1201"], False),
+    ],
+)
+def test_log_every_must_leave_at_least_one_metrics_line(sets, ok):
+    from bptt_cli.budget import check_budget
+
+    path = ROOT / "configs" / ("text.yaml" if "1200" in sets[0] or "1201" in sets[0] else "quickstart.yaml")
+    cfg = load_config(path, sets)
+    if ok:
+        check_budget(cfg, available=GB)
+    else:
+        with pytest.raises(ConfigError, match="no metrics line would be written"):
+            check_budget(cfg, available=GB)
+
+
+# -- through the command line: exit 2, one line, no traceback, no run directory -------------
+def _hostile_file(tmp_path: Path, kind: str) -> Path:
+    if kind == "alias bomb":
+        return write(tmp_path, alias_bomb(9))
+    if kind == "20,000 levels":
+        return write(tmp_path, "name: x\ncompare:\n  grid:\n    seed: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    if kind == "2 MB":
+        return write(tmp_path, "name: x\n" + "#" * 2_000_000 + "\n")
+    if kind == "NUL":
+        return write(tmp_path, "name: x\x00\n")
+    if kind == "FIFO":
+        os.mkfifo(tmp_path / "fifo.yaml")
+        return tmp_path / "fifo.yaml"
+    if kind == "not UTF-8":
+        return write(tmp_path, b"name: \xff\n")
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("alias bomb", "aliases expand to too many nodes"),
+        ("20,000 levels", "levels deep"),
+        ("2 MB", "a config file may be at most"),
+        ("NUL", "control character U+0000 (NUL)"),
+        pytest.param("FIFO", "is a FIFO", marks=pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")),
+        ("not UTF-8", "not UTF-8 text"),
+    ],
+)
+def test_train_refuses_hostile_files_with_one_line(tmp_path, kind, needle):
+    path = _hostile_file(tmp_path, kind)
+    proc = bptt("train", str(path), "--runs-root", str(tmp_path / "runs"), cwd=tmp_path)
+    line = assert_one_message(proc, needle, str(path))
+    assert line.startswith("error: ")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_validate_refuses_dev_zero(tmp_path):
+    assert_one_message(bptt("validate", "/dev/zero", cwd=tmp_path), "/dev/zero: is a device")
+
+
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [
+        (["model.hidden=1e6"], "model.hidden"),
+        (["train.batch_size=1e9"], "train.batch_size"),
+        (["train.eval_size=1e9"], "train.eval_size"),
+        (["train.steps=1e18"], "train.steps"),
+        (["train.log_every=1e9"], "train.log_every"),
+        (["model.spectral_radius=1e300"], "model.spectral_radius"),
+        (["seed=1e23"], "seed"),
+        (["train.eval_every=1e12"], "train.eval_every"),
+        (["name=a\x07b"], "U+0007 (BEL)"),
+    ],
+)
+def test_train_refuses_before_creating_a_run_directory(tmp_path, sets, key):
+    args = [a for s in sets for a in ("--set", s)]
+    proc = bptt("train", *args, "--runs-root", str(tmp_path / "runs"), "--quiet", cwd=tmp_path)
+    assert_one_message(proc, key)
+    assert "\x07" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "gradcheck"])
+def test_validate_and_gradcheck_check_the_budget(tmp_path, command):
+    config = [str(ROOT / "configs" / "quickstart.yaml")]
+    proc = bptt(command, *config, "--set", "train.eval_size=1e9", cwd=tmp_path)
+    assert_one_message(proc, "train.eval_size", "lower train.eval_size")
