@@ -441,3 +441,10 @@ def test_oversized_files_and_vocabularies_are_refused(tmp_path, monkeypatch):
     with pytest.raises(TaskError, match=r"has 12 distinct characters; at most 5 are supported") as e:
         make_task("text", {"path": str(path)})
     assert e.value.param == "path"
+
+
+def test_the_generated_corpus_stays_in_memory_and_out_of_the_cache(tmp_path):
+    task = make_task("text", {"n_sentences": 100}, cache_dir=tmp_path / "c")
+    assert task.corpus.storage == "memory" and task.corpus.ids.dtype == np.uint8
+    assert not (tmp_path / "c").exists()
+    assert not hasattr(task, "text")  # no whole decoded str is kept

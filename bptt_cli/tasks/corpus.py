@@ -323,7 +323,7 @@ def load_bytes(data: bytes, where: str) -> Corpus:
     key, _ = sha256(chunks())
     codes, n = scan(chunks(), where)
     _check_vocab(codes, where)
-    return build(chunks, key, codes, n, None, where)
+    return build(chunks, key, codes, n, None, where, temp=False)
 
 
 def _check_vocab(codes: np.ndarray, where: str) -> None:
@@ -335,18 +335,21 @@ def _check_vocab(codes: np.ndarray, where: str) -> None:
         )
 
 
-def build(chunks: Chunks, key: str, codes: np.ndarray, n: int, folder: Path | None, where: str) -> Corpus:
-    """Pass 3 into the cache folder, else an unlinked temp file, else memory."""
+def build(
+    chunks: Chunks, key: str, codes: np.ndarray, n: int, folder: Path | None, where: str, temp: bool = True
+) -> Corpus:
+    """Pass 3 into the cache folder, else (``temp``) an unlinked temp file, else memory."""
     if n > 0:  # an empty memory map cannot exist; an empty corpus is refused by the task anyway
         if folder is not None:
             try:
                 return _build_cached(chunks, key, codes, n, folder, where)
             except OSError:
                 pass  # unwritable, full, or a file in the way: the run does not need the cache
-        try:
-            return _build_temp(chunks, key, codes, n, where)
-        except OSError:
-            pass
+        if temp:
+            try:
+                return _build_temp(chunks, key, codes, n, where)
+            except OSError:
+                pass
     ids = np.empty(n, dtype=ids_dtype(len(codes)))
     pos = 0
 
