@@ -21,6 +21,19 @@ class PlotUnavailable(BpttError):
     """matplotlib is not installed."""
 
 
+class PlotError(BpttError, ValueError):
+    """The figure cannot be written where or as asked."""
+
+
+def _check_format(plt, out: Path) -> None:
+    """The suffix of ``out`` names a format matplotlib writes; refused before any drawing."""
+    formats = sorted(plt.figure().canvas.get_supported_filetypes())
+    plt.close("all")
+    suffix = out.suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise PlotError(f"--out {out}: cannot write {('.' + suffix) if suffix else 'a file without a suffix'}; use one of: {', '.join('.' + f for f in formats)}")
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -64,6 +77,8 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
     if not variants:
         raise runs.RunError(f"{path} holds no run to plot")
     plt = _pyplot()
+    out = Path(out)
+    _check_format(plt, out)
     fig, axes = plt.subplots(2, 2, figsize=size, dpi=dpi)
     (ax_loss, ax_norm), (ax_flow, ax_bias) = axes
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -78,11 +93,12 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
         labelled.add(group)
         if run.metrics:
             ax_loss.plot(*runs.step_losses(run.metrics), color=c, lw=0.8, alpha=0.8, label=label)
-            ax_norm.plot(_update_positions(run.metrics), [m["grad_norm"] for m in run.metrics], color=c, lw=0.8, alpha=0.8, label=label)
-        if run.eval:
-            ax_loss.plot([e["step"] for e in run.eval], [e["loss"] for e in run.eval], "o--", color=c, ms=3, lw=0.8)
+            ax_norm.plot(_update_positions(run.metrics), [m.get("grad_norm") for m in run.metrics], color=c, lw=0.8, alpha=0.8, label=label)
+        evals = [(e["step"], e["loss"]) for e in run.eval if e.get("loss") is not None]
+        if evals:
+            ax_loss.plot(*zip(*evals), "o--", color=c, ms=3, lw=0.8)
         clip = run.config.get("clip") or {}
-        if clip.get("mode") not in (None, "none") and clip.get("threshold") is not None:
+        if clip.get("mode") not in (None, "none") and isinstance(clip.get("threshold"), (int, float)):
             thresholds.add((clip["mode"], float(clip["threshold"])))
         if run.diagnostics:
             firsts = [(run.diagnostics[0], "-")]
@@ -112,8 +128,15 @@ def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi:
             ax.text(0.5, 0.5, "no diagnostics logged\n(set train.diagnostics_every)", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(str(Path(path).resolve()), fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    import io
+
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=out.suffix.lstrip(".").lower())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write(out, buf.getvalue())  # replaces a symlink at out, never writes through it
+    except OSError as e:
+        raise PlotError(f"--out {out}: cannot be written ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
     return out

@@ -434,7 +434,7 @@ def read_jsonl(path: Path, *, strict: bool = False) -> tuple[list[dict], list[st
     except safeio.UnsafeFile as e:
         if strict:
             raise RunError(str(e)) from None
-        problems.append(f"{path.name}: {str(e).removeprefix(str(path)).lstrip(': ')} (ignored)")
+        problems.append(f"{path.name}{str(e).removeprefix(str(path))} (ignored)")
     return records, problems
 
 
@@ -509,7 +509,7 @@ def read_summary(path: Path) -> tuple[dict, list[str]]:
     try:
         data = safeio.read_json(p)
     except safeio.UnsafeFile as e:
-        return {}, [f"summary.json: {str(e).removeprefix(str(p)).lstrip(': ')} (ignored)"]
+        return {}, [f"summary.json{str(e).removeprefix(str(p))} (ignored)"]
     if not isinstance(data, dict):
         return {}, [f"summary.json: expected an object, got {safeio._describe(data)} (ignored)"]
     problems = []
@@ -538,7 +538,8 @@ def read_config(path: Path) -> dict:
         safeio.read_text(p)  # control characters, UTF-8
         return cfgmod.to_dict(cfgmod.load_config(p))
     except BpttError as e:
-        raise RunError(f"{p} is not a valid run config: {str(e).splitlines()[0].removeprefix(str(p)).lstrip(': ')}") from None
+        msg = str(e).splitlines()[0]
+        raise RunError(msg if str(p) in msg else f"{p}: {msg}") from None
     except RecursionError:
         raise RunError(f"{p} is not a valid run config: nested too deeply") from None
 

@@ -59,9 +59,10 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_regular(path: Path, *, follow: bool = True) -> IO[bytes]:
+def open_regular(path: Path, *, follow: bool = False) -> IO[bytes]:
     """Open ``path`` for reading; only a regular file is accepted. O_NONBLOCK keeps the open of
-    a FIFO from waiting for a writer; the type is checked on the descriptor itself."""
+    a FIFO from waiting for a writer; the type is checked on the descriptor itself. A symlink
+    is refused unless ``follow`` (bptt never makes one inside a run or compare directory)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     if not follow:
         flags |= getattr(os, "O_NOFOLLOW", 0)
