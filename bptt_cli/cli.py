@@ -573,7 +573,9 @@ def plot(
     from bptt_cli import plot as plotmod
 
     with user_errors():
-        written = plotmod.plot(path, out_file or Path(path) / "plot.png")
+        written = plotmod.plot(
+            path, out_file or Path(path) / "plot.png", on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False)
+        )
     err.print(f"wrote {written}", markup=False)
 
 

@@ -10,6 +10,7 @@ Four panels, each from the run files alone:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from bptt_cli import runs
 from bptt_cli.core.errors import BpttError
@@ -45,15 +46,24 @@ def _pyplot():
     return plt
 
 
-def load_variants(path: Path) -> list[tuple[str, runs.Run]]:
+def load_variants(path: Path, on_skip: Callable[[Path, Exception], None] | None = None) -> list[tuple[str, runs.Run]]:
     """(label, run) for a run directory or for each variant of a compare directory; the label
-    is the mode and grid point, shared by the seeds of a variant."""
+    is the mode and grid point, shared by the seeds of a variant. A damaged variant is left
+    out (and reported to ``on_skip``); the others are still plotted."""
     from bptt_cli import compare
 
     path = Path(path)
     if compare.is_compare_dir(path):
         variants, _ = compare.read_plan(path)
-        return [(v.group, runs.load_run(path / v.id)) for v in variants if runs.is_run_dir(path / v.id)]
+        out = []
+        for v in variants:
+            if runs.is_run_dir(path / v.id):
+                try:
+                    out.append((v.group, runs.load_run(path / v.id)))
+                except BpttError as e:
+                    if on_skip is not None:
+                        on_skip(path / v.id, e)
+        return out
     run = runs.load_run(path)
     return [(run.summary.get("truncation") or str((run.config.get("truncation") or {}).get("mode", "")), run)]
 
@@ -71,9 +81,16 @@ def _update_positions(metrics: list[dict]) -> list[float]:
     return xs
 
 
-def plot(path: Path, out: Path, *, size: tuple[float, float] = (12.0, 8.0), dpi: int = 100) -> Path:
+def plot(
+    path: Path,
+    out: Path,
+    *,
+    size: tuple[float, float] = (12.0, 8.0),
+    dpi: int = 100,
+    on_skip: Callable[[Path, Exception], None] | None = None,
+) -> Path:
     """Write the four-panel figure of ``path`` to ``out`` (PNG, or any format by suffix)."""
-    variants = load_variants(path)  # a wrong path is reported first, with or without matplotlib
+    variants = load_variants(path, on_skip)  # a wrong path is reported first, with or without matplotlib
     if not variants:
         raise runs.RunError(f"{path} holds no run to plot")
     plt = _pyplot()

@@ -476,6 +476,7 @@ def test_kill_9_reads_as_crashed_then_two_concurrent_resumes_end_as_one_uninterr
     code, out, err = w.bptt("show", "--json", run, sub=True)
     shown = json.loads(out)
     assert shown["status"] == "crashed" and shown["steps_done"] == logged
+    assert shown["updates"] == logged  # one update per step here: the real count, not 0
 
     env = {**os.environ, "COLUMNS": "250"}
     cmd = [sys.executable, "-m", "bptt_cli", "train", "--resume", str(run), "-q"]
@@ -496,7 +497,24 @@ def test_kill_9_reads_as_crashed_then_two_concurrent_resumes_end_as_one_uninterr
     assert_same_run(run, reference_run(tmp_path, LONG))
 
 
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_planted_lock_file_is_refused_not_followed(w, invoke, kind):
+    if kind == "symlink":
+        (w.run / runs.LOCK).symlink_to(w.precious)
+    else:
+        (w.run / runs.LOCK).mkdir()
+    _resume_refused(w, invoke, runs.LOCK)
+
+
 # -- paths and the OS ----------------------------------------------------------------------------
+def test_run_dir_that_is_a_symlink_is_refused(w, invoke, small):
+    (w.outside / "target").mkdir()
+    (w.root / "link").symlink_to(w.outside / "target")
+    code, _, err = w.bptt("train", *[a for s in small for a in ("--set", s)], "--run-dir", w.root / "link", invoke=invoke)
+    one_error(code, err, 2, "symlink")
+    assert not any((w.outside / "target").iterdir())
+
+
 def test_runs_root_that_is_a_file(w, invoke, small):
     (w.root / "afile").write_text("x")
     code, _, err = w.bptt("train", *[a for s in small for a in ("--set", s)], "--runs-root", w.root / "afile", invoke=invoke)
