@@ -183,11 +183,12 @@ def file_chunks(f: io.BufferedReader, where: str) -> Chunks:
     return chunks
 
 
-def _decode(buf: bytes, offset: int, final: bool, where: str) -> tuple[bytes | np.ndarray, int]:
-    """The complete sequences in ``buf`` (at file offset ``offset``) and the number of bytes
-    they used: ASCII (most text) as the bytes themselves, anything else as code points (n,)."""
+def _decode(buf: bytes, offset: int, final: bool, where: str) -> tuple[np.ndarray | None, int]:
+    """Code points ``(n,)`` uint32 of the complete sequences in ``buf`` (at file offset
+    ``offset``) and the number of bytes they used; None for ASCII (most text), whose code
+    points are its bytes."""
     if buf.isascii():
-        return buf, len(buf)
+        return None, len(buf)
     try:
         text, used = codecs.utf_8_decode(buf, "strict", final)
     except UnicodeDecodeError as e:
@@ -198,9 +199,9 @@ def _decode(buf: bytes, offset: int, final: bool, where: str) -> tuple[bytes | n
     return np.frombuffer(text.encode("utf-32-le"), dtype="<u4"), used
 
 
-def code_points(chunks: Iterable[bytes], where: str) -> Iterator[bytes | np.ndarray]:
-    """The text, chunk by chunk, BOM dropped: an ASCII chunk as ``bytes`` (its code points are
-    its bytes), any other as code points ``(n,)`` uint32."""
+def code_points(chunks: Iterable[bytes], where: str) -> Iterator[tuple[bytes, np.ndarray | None]]:
+    """The text, chunk by chunk, BOM dropped: (the bytes, their code points ``(n,)`` uint32,
+    or None when the bytes are ASCII and so their own code points)."""
     buf, offset, started = b"", 0, False
     for chunk in chunks:
         buf = buf + chunk if buf else bytes(chunk)
@@ -211,12 +212,12 @@ def code_points(chunks: Iterable[bytes], where: str) -> Iterator[bytes | np.ndar
             if buf.startswith(codecs.BOM_UTF8):
                 buf, offset = buf[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
         codes, used = _decode(buf, offset, False, where)
+        if used:
+            yield buf[:used] if used < len(buf) else buf, codes
         buf, offset = buf[used:], offset + used  # at most 3 bytes of an unfinished sequence
-        if len(codes):
-            yield codes
     if buf:
-        codes, _ = _decode(buf, offset, True, where)  # an unfinished sequence raises here
-        yield codes
+        codes, used = _decode(buf, offset, True, where)  # an unfinished sequence raises here
+        yield buf, codes
 
 
 def _hashed(chunks: Iterable[bytes], h) -> Iterator[bytes]:
@@ -237,16 +238,15 @@ def sha256(chunks: Iterable[bytes]) -> tuple[str, int]:
 def scan(chunks: Iterable[bytes], where: str) -> tuple[np.ndarray, int]:
     """Pass 2: the vocabulary's code points ``(V,)`` uint32, increasing, and the length N."""
     seen = np.zeros(N_CODE_POINTS, dtype=bool)
-    news = b"\1" * 256  # byte -> 0 once seen, else 1 (bytes.translate and `in` run at memory speed)
+    news = b"\1" * 128 + b"\0" * 128  # ASCII byte -> 1 until seen (translate and `in` run at memory speed)
     n = 0
-    for codes in code_points(chunks, where):
-        n += len(codes)
-        if isinstance(codes, bytes):
-            if b"\1" in codes.translate(news):  # a byte not seen before (rare after the first chunk)
-                seen[np.flatnonzero(np.bincount(np.frombuffer(codes, dtype=np.uint8)))] = True
-                news = bytes(0 if seen[c] else 1 for c in range(256))
-        else:
-            seen[codes] = True
+    for raw, codes in code_points(chunks, where):
+        n += len(raw) if codes is None else len(codes)
+        if b"\1" in raw.translate(news):  # an ASCII character not seen before (rare after the first chunk)
+            seen[np.flatnonzero(np.bincount(np.frombuffer(raw, dtype=np.uint8), minlength=128)[:128])] = True
+            news = bytes(0 if c >= 128 or seen[c] else 1 for c in range(256))
+        if codes is not None:  # the rest: few characters, mostly repeats
+            seen[codes[codes >= 128]] = True
     return np.flatnonzero(seen).astype(np.uint32), n
 
 
@@ -272,13 +272,15 @@ def encode(
     pos, row = 0, 1  # ids emitted so far; the next row of cum to fill
     h = hashlib.sha256()
     changed = TaskError(f"{where} changed while it was being read; run again once it is complete", "path")
-    for cp in code_points(_hashed(chunks, h), where):
-        if pos + len(cp) > n:
-            raise changed
-        if isinstance(cp, bytes):  # ASCII: one table lookup per byte, in C
-            ids = np.frombuffer(cp.translate(table), np.uint8) if table else lut[np.frombuffer(cp, np.uint8)]
+    for raw, cp in code_points(_hashed(chunks, h), where):
+        if cp is not None:
+            ids = lut.take(cp)  # (n,)
+        elif table is not None:  # ASCII: one lookup per byte, in C
+            ids = np.frombuffer(raw.translate(table), dtype=np.uint8)
         else:
-            ids = lut[cp]  # (n,)
+            ids = lut.take(np.frombuffer(raw, dtype=np.uint8))
+        if pos + len(ids) > n:
+            raise changed
         emit(ids)
         a = 0
         while a < len(ids):  # split at multiples of the stride
