@@ -94,27 +94,13 @@ class Trainer:
         return TrainState(optim.flatten(model.params), self._optimizer())
 
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> TrainState:
-        """Rebuild a TrainState from ``TrainState.to_arrays`` output (a checkpoint)."""
-        try:
-            params = {k[len("param/") :]: np.array(v) for k, v in arrays.items() if k.startswith("param/")}
-            opt = self._optimizer()
-            opt.load_state_dict({k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")})
-            fresh = self.initial_state().params
-            for k, v in fresh.items():
-                if k not in params or params[k].shape != v.shape or params[k].dtype != v.dtype:
-                    raise InvalidInputError(f"checkpoint parameter {k} does not match the run's config")
-            return TrainState(
-                params=optim.flatten({k: params[k] for k in fresh}),
-                optimizer=opt,
-                step=int(arrays["step"]),
-                update=int(arrays["update"]),
-                h=np.array(arrays["h"]) if "h" in arrays else None,
-                elapsed=float(arrays["elapsed"]),
-                next_diagnostics=int(arrays["next_diagnostics"]),
-                best={k[len("best/") :]: float(v) for k, v in arrays.items() if k.startswith("best/")},
-            )
-        except KeyError as e:
-            raise InvalidInputError(f"checkpoint is missing {e.args[0]!r}") from None
+        """Rebuild a TrainState from ``TrainState.to_arrays`` output (a checkpoint).
+
+        A checkpoint is untrusted input: every member is checked against this trainer's config
+        before it is used (names, shapes, dtypes, the kind and range of each counter, the
+        optimizer's slots), and anything else raises InvalidInputError naming the member.
+        """
+        return _StateReader(self, arrays).state()
 
     def _optimizer(self) -> optim.Optimizer:
         return optim.make(self.cfg.optimizer.name, **self.cfg.optimizer.hyper())
@@ -287,6 +273,112 @@ class Trainer:
         except DivergedError:
             return None
         return {"step": step, "update": state.update, "flow": flow, "bias": bias, "spectrum": spec}
+
+
+CHECKPOINT = "checkpoint.npz"  # the file runs.py keeps the arrays in, named in messages
+
+
+class _StateReader:
+    """``Trainer.state_from_arrays``: each member read once, checked, or refused by name."""
+
+    def __init__(self, trainer: Trainer, arrays: dict) -> None:
+        self.trainer, self.arrays = trainer, arrays
+        self.read: set[str] = set()
+
+    def member(self, name: str, what: str) -> np.ndarray:
+        if name not in self.arrays:
+            raise InvalidInputError(f"{CHECKPOINT} is missing {name!r} ({what})")
+        self.read.add(name)
+        return np.asarray(self.arrays[name])
+
+    def refuse(self, name: str, expected: str, a: np.ndarray) -> InvalidInputError:
+        got = f"{a.dtype} {a.item()!r}" if a.shape == () and a.dtype.kind in "biuf" else f"shape {a.shape}, dtype {a.dtype}"
+        return InvalidInputError(f"{CHECKPOINT} member {name!r} must be {expected}, got {got}")
+
+    def array(self, name: str, like: np.ndarray, what: str) -> np.ndarray:
+        a = self.member(name, what)
+        if a.shape != like.shape or a.dtype != like.dtype:
+            raise InvalidInputError(
+                f"{CHECKPOINT} member {name!r} does not match the run's config: expected shape {like.shape} "
+                f"and dtype {like.dtype} ({what}), got shape {a.shape}, dtype {a.dtype}"
+            )
+        return a
+
+    def counter(self, name: str, what: str) -> int:
+        a = self.member(name, what)
+        if a.shape != () or not np.issubdtype(a.dtype, np.integer):
+            raise self.refuse(name, f"an integer ({what})", a)
+        if int(a) < 0:
+            raise InvalidInputError(f"{CHECKPOINT} member {name!r} is {int(a)}; counters cannot be negative ({what})")
+        return int(a)
+
+    def number(self, name: str, what: str) -> float:
+        a = self.member(name, what)
+        if a.shape != () or not np.issubdtype(a.dtype, np.floating):
+            raise self.refuse(name, f"a float ({what})", a)
+        return float(a)
+
+    def state(self) -> TrainState:
+        tr, arrays = self.trainer, self.arrays
+        steps = tr.cfg.train.steps
+        fresh = tr.initial_state()
+        params = {k: self.array(f"param/{k}", v, f"parameter {k}") for k, v in fresh.params.items()}
+        step = self.counter("step", "training batches completed")
+        if step > steps:
+            raise InvalidInputError(
+                f"{CHECKPOINT} member 'step': the checkpoint is at step {step:,}, beyond the run's "
+                f"train.steps = {steps:,} (it must lie in [0, {steps:,}]; train.steps cannot be lowered below it)"
+            )
+        update = self.counter("update", "optimizer updates completed")
+        elapsed = self.number("elapsed", "training seconds so far")
+        if not 0 <= elapsed < float("inf"):
+            raise InvalidInputError(f"{CHECKPOINT} member 'elapsed' must be a finite number of seconds >= 0, got {elapsed!r}")
+        next_diagnostics = self.counter("next_diagnostics", "the update of the next diagnostic pass")
+
+        opt = fresh.optimizer
+        t = self.counter("optim/t", "the optimizer's update count")
+        if t != update:
+            raise InvalidInputError(
+                f"{CHECKPOINT} member 'optim/t' must equal 'update' = {update:,} (one optimizer step per update), got {t:,}"
+            )
+        slots = {f"optim/{s}/{k}": v for s in opt.active_slots() for k, v in fresh.params.items()}
+        present = [n for n in slots if n in arrays]
+        if present or (slots and t > 0):  # before the first update the optimizer has no state yet
+            for n, v in slots.items():
+                self.array(n, v, f"the {opt.name} optimizer's state after {t:,} updates")
+        opt.load_state_dict({"t": np.int64(t), **{n[len("optim/") :]: arrays[n] for n in present}})
+
+        h = None
+        if "h" in arrays:
+            B, H = tr.cfg.train.batch_size, tr.cfg.model.hidden
+            if not tr.task.stateful:
+                raise InvalidInputError(f"{CHECKPOINT} has a hidden state 'h' but the {tr.cfg.task.name} task carries none")
+            h = self.array("h", np.empty((B, H), tr.dtype), "the hidden state carried across batches (B, H)")
+            if not np.isfinite(h).all():
+                raise InvalidInputError(f"{CHECKPOINT} member 'h' (the carried hidden state) contains NaN or Inf")
+            h = h.copy()
+        elif tr.task.stateful and step > 0:
+            raise InvalidInputError(
+                f"{CHECKPOINT} is missing 'h' (the hidden state the {tr.cfg.task.name} task carries across batches)"
+            )
+
+        best = {}
+        for name in arrays:
+            if name.startswith("best/") and len(name) > len("best/"):
+                best[name[len("best/") :]] = self.number(name, "the best value of an eval metric")
+        unknown = [n for n in arrays if n not in self.read and n[len("best/") :] not in best]
+        if unknown:
+            raise InvalidInputError(f"{CHECKPOINT} has a member {unknown[0]!r} that no checkpoint of this run has")
+        return TrainState(
+            params=optim.flatten(params),
+            optimizer=opt,
+            step=step,
+            update=update,
+            h=h,
+            elapsed=elapsed,
+            next_diagnostics=next_diagnostics,
+            best=best,
+        )
 
 
 def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):

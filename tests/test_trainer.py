@@ -252,3 +252,119 @@ def test_the_step_loss_is_the_whole_batch_loss_in_both_schedules():
 
     _, _, seq_events = _events("train.steps=1", "task.length=12", "task.delay=2")
     assert _of(seq_events, "step")[0]["loss"] == _of(seq_events, "update")[0]["loss"]
+
+
+# -- checkpoints as untrusted input ---------------------------------------------------------------
+def _trained(*overrides: str, steps: int = 3):
+    base = SMALL_TEXT if "task.name=text" in overrides else SMALL
+    cfg = load_config(None, [*base, "optimizer.name=adam", f"train.steps={steps + 2}", *overrides])
+    trainer = Trainer(cfg)
+    state = trainer.initial_state()
+    for e in trainer.run(state) if steps else ():
+        if e.kind == "step" and e.data["step"] == steps:
+            break
+    return Trainer(cfg), state.to_arrays()
+
+
+def _with(arrays: dict, **changes) -> dict:
+    out = dict(arrays)
+    for k, v in changes.items():
+        k = k.replace("__", "/")
+        if v is None:
+            del out[k]
+        else:
+            out[k] = v
+    return out
+
+
+F32 = np.float32
+BAD_CHECKPOINTS = {
+    # name: (changes, fragments of the one message)
+    "param missing": ({"param__W_hh": None}, ["missing 'param/W_hh'"]),
+    "param shape": ({"param__W_hh": np.zeros((9, 9), F32)}, ["'param/W_hh'", "does not match", "(8, 8)"]),
+    "param dtype": ({"param__b_h": np.zeros(8)}, ["'param/b_h'", "dtype float32"]),
+    "step missing": ({"step": None}, ["missing 'step'"]),
+    "step float": ({"step": np.array(2.0)}, ["'step'", "integer", "float64 2.0"]),
+    "step vector": ({"step": np.array([3])}, ["'step'", "integer", "shape (1,)"]),
+    "step bool": ({"step": np.array(True)}, ["'step'", "integer"]),
+    "step negative": ({"step": np.array(-1)}, ["'step'", "negative"]),
+    "step beyond": ({"step": np.array(10**9)}, ["'step'", "step 1,000,000,000", "beyond", "train.steps = 5"]),
+    "update negative": ({"update": np.array(-2)}, ["'update'", "negative"]),
+    "update text": ({"update": np.array("3")}, ["'update'", "integer"]),
+    "elapsed int": ({"elapsed": np.array(3)}, ["'elapsed'", "float"]),
+    "elapsed nan": ({"elapsed": np.array(np.nan)}, ["'elapsed'", "finite"]),
+    "elapsed negative": ({"elapsed": np.array(-1.0)}, ["'elapsed'", ">= 0"]),
+    "next_diagnostics float": ({"next_diagnostics": np.array(1.5)}, ["'next_diagnostics'", "integer"]),
+    "optim t missing": ({"optim__t": None}, ["missing 'optim/t'"]),
+    "optim t float": ({"optim__t": np.array(3.0)}, ["'optim/t'", "integer"]),
+    "optim t not update": ({"optim__t": np.array(7)}, ["'optim/t'", "must equal 'update' = 3"]),
+    "slot missing": ({"optim__m__W_hh": None}, ["missing 'optim/m/W_hh'", "adam"]),
+    "slot shape": ({"optim__v__W_hh": np.zeros((8, 2), F32)}, ["'optim/v/W_hh'", "does not match", "(8, 8)"]),
+    "slot dtype": ({"optim__m__b_y": np.zeros(8)}, ["'optim/m/b_y'", "dtype float32", "dtype float64"]),
+    "slot of another optimizer": ({"optim__G__W_hh": np.zeros((8, 8), F32)}, ["'optim/G/W_hh'", "no checkpoint"]),
+    "h on a stateless task": ({"h": np.zeros((4, 8), F32)}, ["'h'", "carries none"]),
+    "unknown member": ({"weights": np.zeros(3)}, ["'weights'", "no checkpoint"]),
+    "best not a float": ({"best__loss": np.array([1.0, 2.0])}, ["'best/loss'", "float"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_a_damaged_checkpoint_is_refused_naming_the_member(case):
+    from bptt_cli.core.errors import InvalidInputError
+
+    trainer, arrays = _trained()
+    changes, fragments = BAD_CHECKPOINTS[case]
+    with pytest.raises(InvalidInputError) as e:  # never TypeError, KeyError or ValueError
+        trainer.state_from_arrays(_with(arrays, **changes))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+
+
+@pytest.mark.parametrize(
+    "changes, fragments",
+    [
+        ({"h": np.zeros((4, 7), F32)}, ["'h'", "(4, 8)"]),
+        ({"h": np.full((4, 8), np.nan, F32)}, ["'h'", "NaN"]),
+        ({"h": None}, ["missing 'h'", "text"]),
+    ],
+    ids=["shape", "nan", "missing"],
+)
+def test_the_carried_hidden_state_is_checked(changes, fragments):
+    from bptt_cli.core.errors import InvalidInputError
+
+    trainer, arrays = _trained("task.name=text")
+    assert arrays["h"].shape == (4, 8)
+    with pytest.raises(InvalidInputError) as e:
+        trainer.state_from_arrays(_with(arrays, **changes))
+    for f in fragments:
+        assert f in str(e.value), (f, str(e.value))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("optimizer.name=adam",), ("optimizer.name=sgd",), ("task.name=text",)],
+    ids=["adam", "sgd-no-slots", "text"],
+)
+def test_a_checkpoint_before_the_first_update_loads(overrides):
+    """Step 0: no optimizer slots yet and no carried state; the run then continues exactly."""
+    trainer, arrays = _trained(*overrides, steps=0)
+    assert int(arrays["optim/t"]) == 0 and not any(k.count("/") == 2 for k in arrays) and "h" not in arrays
+    state = trainer.state_from_arrays(arrays)
+    assert state.step == 0 and state.optimizer.t == 0
+    ref_trainer, ref = Trainer(trainer.cfg), Trainer(trainer.cfg).initial_state()
+    list(ref_trainer.run(ref))
+    list(trainer.run(state))
+    for k in ref.params:
+        np.testing.assert_array_equal(state.params[k], ref.params[k])
+
+
+def test_a_restored_state_keeps_its_parameters_in_one_flat_buffer():
+    from bptt_cli.core import optim
+
+    trainer, arrays = _trained()
+    state = trainer.state_from_arrays(arrays)
+    assert optim.Flat.of(state.params) is not None
+    for k, v in state.params.items():
+        np.testing.assert_array_equal(v, arrays[f"param/{k}"])
