@@ -420,3 +420,22 @@ def test_validate_and_gradcheck_check_the_budget(tmp_path, command):
     config = [str(ROOT / "configs" / "quickstart.yaml")]
     proc = bptt(command, *config, "--set", "train.eval_size=1e9", cwd=tmp_path)
     assert_one_message(proc, "train.eval_size", "lower train.eval_size")
+
+
+# -- details --------------------------------------------------------------------------------
+def test_the_pure_python_parser_keeps_the_same_limits(tmp_path, monkeypatch):
+    from bptt_cli.config import yaml_io
+
+    monkeypatch.setattr(yaml_io, "_Loader", yaml_io._PyLoader)  # PyYAML built without libyaml
+    assert "aliases expand to too many nodes" in str(refused(write(tmp_path, alias_bomb(9))))
+    assert "levels deep" in str(refused(write(tmp_path, "a: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n")))
+    assert "levels deep" in str(refused(write(tmp_path, "- " * 5000 + "1\n")))
+    assert "a node that contains it" in str(refused(write(tmp_path, "a: &x [*x]\n")))
+    assert load_config(ROOT / "configs" / "quickstart.yaml") == load_config(None, ["name=quickstart"])
+
+
+def test_a_huge_value_makes_a_short_message(tmp_path):
+    e = refused(write(tmp_path, "name: " + "x" * 500_000 + "\nseed: '" + "7" * 100_000 + "'\n"))
+    lines = str(e).splitlines()
+    assert len(lines) == 2 and all(len(line) < 400 for line in lines), [len(line) for line in lines]
+    assert "(500,002 characters)" in lines[0] and "seed: expected an integer" in lines[1]

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from bptt_cli.core.errors import BpttError
 
 
+MAX_MESSAGE = 1000  # characters; a message quoting a huge value is cut here as a last resort
+
+
 class ConfigError(BpttError, ValueError):
     """A config is not what the schema allows. ``str()`` is the whole message for the user:
 
@@ -46,10 +49,17 @@ class ConfigError(BpttError, ValueError):
             if self.column is not None:
                 where += f":{self.column}"
         parts = [p for p in (where, self.path) if p]
-        return ": ".join([*parts, self.message])
+        message = self.message if len(self.message) <= MAX_MESSAGE else self.message[:MAX_MESSAGE] + " ... (cut)"
+        return ": ".join([*parts, message])
 
     def __str__(self) -> str:
         return "\n".join(e._one_line() for e in (self, *self.others))
+
+
+def _repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut short: a 1 MB string in a config must not become a 1 MB message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
 
 
 def _printable(text: str) -> str:

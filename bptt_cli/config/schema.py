@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from bptt_cli.config.errors import ConfigError, _hint
+from bptt_cli.config.errors import ConfigError, _hint, _repr
 from bptt_cli.core import truncation as _truncation
 from bptt_cli.tasks import get_task_class
 from bptt_cli.tasks.base import TaskError
@@ -85,7 +85,7 @@ class TaskConfig(_Section):
         data = dict(data)
         name = data.pop("name", "delay")
         if not isinstance(name, str):
-            raise ConfigError(f"expected a task name (a string), got {name!r}", "name")
+            raise ConfigError(f"expected a task name (a string), got {_repr(name)}", "name")
         # The Python API may pass params=...; YAML puts them beside name.
         given = dict(data["params"]) if set(data) == {"params"} and isinstance(data["params"], Mapping) else data
         try:
@@ -465,7 +465,7 @@ class CompareConfig(_Section):
             if len(set(value)) != len(value):
                 raise ValueError(f"seeds must be distinct, got {value}")
             return value
-        raise ValueError(f"expected a count (an integer >= 1) or a non-empty list of integer seeds, got {value!r}")
+        raise ValueError(f"expected a count (an integer >= 1) or a non-empty list of integer seeds, got {_repr(value)}")
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -473,12 +473,12 @@ class CompareConfig(_Section):
         if value is None:
             return None
         if not isinstance(value, Mapping) or not value:
-            raise ValueError(f"expected a mapping of dotted keys to lists of values, got {value!r}")
+            raise ValueError(f"expected a mapping of dotted keys to lists of values, got {_repr(value)}")
         for key, values in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"grid keys are dotted config keys such as clip.threshold, got {key!r}")
             if not isinstance(values, list) or not values:
-                raise ConfigError(f"expected a non-empty list of values, got {values!r}", key)
+                raise ConfigError(f"expected a non-empty list of values, got {_repr(values)}", key)
         return value
 
 
@@ -514,7 +514,7 @@ class Config(_Section):
         if not _SAFE_NAME.fullmatch(value):
             raise ValueError(
                 "must be a safe directory name: 1-100 letters, digits, '-', '_' or '.', "
-                f"starting with a letter or digit; got {value!r}"
+                f"starting with a letter or digit; got {_repr(value)}"
             )
         return value
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import annotated_types
 from pydantic.fields import FieldInfo
 
-from bptt_cli.config.errors import ConfigError, _hint, _join
+from bptt_cli.config.errors import ConfigError, _hint, _join, _repr
 from bptt_cli.config.overrides import _FLOAT
 from bptt_cli.config.schema import _model_at, describe_schema
 from bptt_cli.config.yaml_io import Marks
@@ -105,29 +105,29 @@ def _translate_one(err: Mapping[str, Any]) -> tuple[str | None, str]:
     if kind == "extra_forbidden":
         return path, _unknown_key(loc)
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return path, f"expected an integer{_allowed(loc)}, got {given!r}{_quoted_number(given)}"
+        return path, f"expected an integer{_allowed(loc)}, got {_repr(given)}{_quoted_number(given)}"
     if kind in ("float_type", "float_parsing"):
-        return path, f"expected a number{_allowed(loc)}, got {given!r}{_quoted_number(given)}"
+        return path, f"expected a number{_allowed(loc)}, got {_repr(given)}{_quoted_number(given)}"
     if kind == "finite_number":
-        return path, f"expected a finite number{_allowed(loc)}, got {given!r}"
+        return path, f"expected a finite number{_allowed(loc)}, got {_repr(given)}"
     if kind in _RANGE:  # the side that was crossed: "must be <= 1000000000, got 1e18"
         op, name = _RANGE[kind]
         if name in ctx:
             null = " or null" if _allowed(loc).endswith(" or null") else ""
-            return path, f"must be {op} {_number(ctx[name])}{null}, got {given!r}"
-        return path, f"must be{_allowed(loc) or ' in range'}, got {given!r}"
+            return path, f"must be {op} {_number(ctx[name])}{null}, got {_repr(given)}"
+        return path, f"must be{_allowed(loc) or ' in range'}, got {_repr(given)}"
     if kind == "string_type":
-        return path, f"expected a string, got {given!r}"
+        return path, f"expected a string, got {_repr(given)}"
     if kind == "bool_type":
-        return path, f"expected true or false, got {given!r}"
+        return path, f"expected true or false, got {_repr(given)}"
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         hint = _hint(str(given), choices) if isinstance(given, str) else ""
-        return path, f"expected one of {', '.join(choices)}, got {given!r}{hint}"
+        return path, f"expected one of {', '.join(choices)}, got {_repr(given)}{hint}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return path, f"expected a mapping (indented key: value lines), got {given!r}"
+        return path, f"expected a mapping (indented key: value lines), got {_repr(given)}"
     if kind == "list_type":
-        return path, f"expected a list, got {given!r}"
+        return path, f"expected a list, got {_repr(given)}"
     return path, err["msg"]
 
 
