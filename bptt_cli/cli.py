@@ -39,7 +39,8 @@ app = typer.Typer(
 )
 
 # A pipe or log file has no width of its own; 120 columns keeps the wide tables whole there.
-out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+# No markup: table cells hold names read from run files, and "[/x]" there must print as is.
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
 
 
@@ -301,7 +302,7 @@ def list_runs(root: Path = typer.Argument(Path("runs"), help="Folder to search f
             }
         )
     if not rows:
-        err.print(f"no runs under {root}")
+        err.print(f"no runs under {root}", markup=False)
         return
     for table in render.runs_tables(rows):
         out.print(table)

@@ -146,6 +146,7 @@ SUMMARIES = {
     "not-json": "{status: completed",
     "nan": '{"status": "completed", "wall_time": NaN}',
     "deep": "[" * 100_000 + "]" * 100_000,
+    "markup": '{"status": "completed", "name": "[/]", "task": "[/x]", "truncation": "[bold]k"}',
 }
 
 
@@ -154,7 +155,10 @@ def test_a_corrupted_summary_is_flagged_by_show_and_runs(w, invoke, damage):
     (w.run / "summary.json").write_text(SUMMARIES[damage])
     code, out, err = w.bptt("show", w.run, invoke=invoke)
     assert code == 0 and messages(err) == [], err
-    assert "summary.json" in out and "note:" in out
+    if damage == "markup":  # names read from a run print as they are, never as rich markup
+        assert "[/x]" in out
+    else:
+        assert "summary.json" in out and "note:" in out
     assert "\x1b[2J" not in out
     code, out, err = w.bptt("show", "--json", w.run, invoke=invoke)
     assert code == 0 and isinstance(json.loads(out), dict)
