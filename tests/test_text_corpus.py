@@ -430,12 +430,24 @@ def test_random_bytes_and_empty_files_are_refused(tmp_path):
     assert not (tmp_path / "c" / "text").exists() or not list((tmp_path / "c" / "text").iterdir())
 
 
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    sparse = tmp_path / "sparse.txt"
+    with open(sparse, "wb") as f:
+        f.truncate(corpus.MAX_TEXT_BYTES + 1)  # takes no disk space
+    code, out = load_in_subprocess(sparse, tmp_path / "c")
+    assert code == 2 and "is 17,179,869,185 bytes; text files up to 17,179,869,184 bytes (16 GiB) are supported" in out
+
+
 def test_oversized_files_and_vocabularies_are_refused(tmp_path, monkeypatch):
-    path = text_file(tmp_path, "multibyte")
-    monkeypatch.setattr(corpus, "MAX_TEXT_BYTES", 1000)
+    """A file that reports no size (like those in /proc) or grows while it is read is cut off too."""
+    proc = Path("/proc/self/status")
+    if not proc.is_file() or proc.stat().st_size != 0:
+        pytest.skip("needs a /proc file that reports size 0")
+    monkeypatch.setattr(corpus, "MAX_TEXT_BYTES", 100)
     monkeypatch.setattr(corpus, "CHUNK_BYTES", 64)
-    with pytest.raises(TaskError, match=r"has more than 1,000 bytes; text files up to 1,000 bytes \(9.31323e-07 GiB\) are supported"):
-        make_task("text", {"path": str(path)})
+    with pytest.raises(TaskError, match=r"has more than 100 bytes; text files up to 100 bytes \(9.31323e-08 GiB\) are supported"):
+        make_task("text", {"path": str(proc)})
+    path = text_file(tmp_path, "multibyte")
     monkeypatch.setattr(corpus, "MAX_TEXT_BYTES", 1 << 30)
     monkeypatch.setattr(corpus, "MAX_VOCAB", 5)
     with pytest.raises(TaskError, match=r"has 12 distinct characters; at most 5 are supported") as e:

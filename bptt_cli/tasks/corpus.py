@@ -302,6 +302,12 @@ def load_file(path: Path, where: str, cache_dir: Path | None) -> Corpus:
     """The corpus of the UTF-8 file ``path``, from ``cache_dir`` when cached there, else built
     (and cached when the directory is writable). ``where`` starts every error message."""
     with open_regular(path, where) as f:
+        if (size := os.fstat(f.fileno()).st_size) > MAX_TEXT_BYTES:  # refused before reading (a sparse file)
+            raise TaskError(
+                f"{where} is {size:,} bytes; text files up to {MAX_TEXT_BYTES:,} bytes "
+                f"({MAX_TEXT_BYTES / 2**30:g} GiB) are supported",
+                "path",
+            )
         chunks = file_chunks(f, where)
         key, size = sha256(chunks())
         if size == 0:
