@@ -490,7 +490,7 @@ class Config(_Section):
     """A whole run. ``Config()`` is the built-in default: the quickstart."""
 
     name: Str = Field("quickstart", description="run name, the directory under runs/ (letters, digits, -, _, .)")
-    seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = Field(0, description="seed of the initial weights and of the task's data")
+    seed: Annotated[Int, Field(ge=0, le=MAX_SEED)] = Field(0, description="seed of the initial weights and of the task's data (0 to 2**32 - 1)")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the sequence task and its parameters")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the RNN")
     truncation: TruncationConfig = Field(default_factory=TruncationConfig, description="the truncation mode")
