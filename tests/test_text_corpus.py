@@ -4,13 +4,13 @@ paths, and the data fingerprint."""
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bptt_cli.tasks import TaskError, corpus, make_task
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):

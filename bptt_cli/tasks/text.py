@@ -60,7 +60,14 @@ class TextTask(Task):
         Param("length", 50, "window length T (characters per training step)", int, low=1, high=MAX_LENGTH),
         Param("eval_fraction", 0.1, "share of the text, at its end, held out", float, low=0.01, high=0.5),
         Param("depth", 2, "generated corpus only: deepest nesting of relative clauses", int, low=0, high=10),
-        Param("n_sentences", 2000, "generated corpus only: number of sentences (the most take up to ~30 s to generate)", int, low=1, high=MAX_SENTENCES),
+        Param(
+            "n_sentences",
+            2000,
+            "generated corpus only: number of sentences (the most take up to ~30 s to generate)",
+            int,
+            low=1,
+            high=MAX_SENTENCES,
+        ),
     )
     loss = "cross_entropy"
     stateful = True
