@@ -121,3 +121,72 @@ def test_lag_sweep_memory_does_not_grow_with_T(monkeypatch):
             assert set(big) <= {"hs", "y"}, f"{spec}: buffers of the sequence's length: {big}"
             sizes.append(sum(buf.size for key, buf in ws._bufs.items() if key[0] not in ("hs", "y")))
         assert sizes[0] == sizes[1], f"{spec}: work buffers grow with T: {sizes}"
+
+
+# -- exact O(T) k-truncation for the identity activation ------------------------------------
+def _spec_cw(spec: str) -> tuple[int, int]:
+    """(C, W) of a spec without the reduction to full, so short sequences reach the path too."""
+    mode, *args = spec.split(":")
+    return (1, int(args[0]) + 1) if mode == "k_truncated" else (int(args[0]), int(args[1]))
+
+
+IDENTITY_CASES = [  # (T, B, H, spec): T < K, T not a multiple of K+1, K = 0, B = 1, H = 1, tbptt
+    (1, 1, 1, "k_truncated:0"),
+    (9, 2, 3, "k_truncated:0"),
+    (3, 2, 4, "k_truncated:6"),
+    (10, 1, 3, "k_truncated:3"),
+    (11, 2, 1, "k_truncated:3"),
+    (17, 3, 5, "k_truncated:4"),
+    (23, 2, 4, "k_truncated:2"),
+    (12, 2, 3, "k_truncated:11"),
+    (13, 2, 3, "k_truncated:1"),
+    (14, 2, 4, "tbptt:2:6"),
+    (13, 1, 3, "tbptt:3:9"),
+    (10, 2, 3, "tbptt:5:10"),
+    (9, 2, 2, "tbptt:3:3"),
+]
+
+
+@pytest.mark.parametrize("groups", ["one", "many"])
+@pytest.mark.parametrize("lk", ref.LOSSES)
+@pytest.mark.parametrize("T, B, H, spec", IDENTITY_CASES)
+def test_identity_powers_match_reference(monkeypatch, T, B, H, spec, lk, groups):
+    rng = np.random.default_rng([35, T, B, H, len(spec), ref.LOSSES.index(lk)])
+    p, x, tg, m, h0 = ref.random_problem(rng, T, B, 2, H, 3, lk, density=0.8, with_h0=True)
+    if groups == "many":  # one block per group: every group boundary carries a prefix
+        monkeypatch.setattr(bptt, "_SPAN_BYTES", 1)
+    C, W = _spec_cw(spec)
+    ws = bptt.Workspace()
+    _, hs, dy = bptt.forward_and_loss(p, x, tg, m, h0, "identity", lk, ws)
+    g = bptt._identity_gradients(p, x, hs, dy, C, W, ws)
+    _, g_r = ref.gradients(p, x, tg, m, spec, "identity", lk, h0)
+    assert_grads_match(g, g_r, f"{spec} T={T} B={B} H={H} {lk} {groups} group(s)")
+
+
+@pytest.mark.parametrize("spec", ["k_truncated:3", "k_truncated:5", "tbptt:2:4", "tbptt:3:9"])
+def test_identity_activation_takes_the_powers_path(monkeypatch, spec):
+    """loss_and_gradients picks the O(T) path by itself (W >= 4, where three matvecs per step
+    beat W of them), and it equals the reference."""
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the lag sweep ran for the identity activation")
+
+    monkeypatch.setattr(bptt, "_lag_gradients", no_sweep)
+    rng = np.random.default_rng(36)
+    p, x, tg, m, h0 = ref.random_problem(rng, 40, 2, 3, 4, 3, "mse", density=0.6, with_h0=True)
+    _, g, _ = bptt.loss_and_gradients(p, x, tg, m, spec, activation="identity", loss="mse", h0=h0)
+    assert_grads_match(g, ref.gradients(p, x, tg, m, spec, "identity", "mse", h0)[1], spec)
+
+
+def test_identity_powers_stay_accurate_over_long_windows():
+    """K = 60 with a spectral radius near 1: the powers reach W_hh^60 and the result still
+    agrees with the lag sweep (same maths, no powers) to float64 rounding."""
+    rng = np.random.default_rng(37)
+    T, B, H = 200, 2, 6
+    p, x, tg, m, _ = ref.random_problem(rng, T, B, 3, H, 3, "cross_entropy")
+    q, _ = np.linalg.qr(rng.normal(size=(H, H)))
+    p["W_hh"] = 0.98 * q
+    ws = bptt.Workspace()
+    _, hs, dy = bptt.forward_and_loss(p, x, tg, m, None, "identity", "cross_entropy", ws)
+    g = bptt._identity_gradients(p, x, hs, dy, 1, 61, ws)
+    g_sweep = bptt._lag_gradients(p, x, hs, dy, 1, 61, "identity", ws)
+    assert_grads_match(g, g_sweep, "k_truncated:60 powers vs sweep", tol=1e-12)

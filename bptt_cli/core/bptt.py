@@ -41,12 +41,21 @@ So Python runs T iterations (W == C) or W iterations per group of chains (W > C)
 handful of NumPy calls on preallocated buffers. In the lag sweep the time axis is padded to
 a multiple of C with zero losses so the views stay regular.
 
-Both passes walk time in blocks of a few steps sized for the L2 cache: the forward pass
-computes a block's input projections, its steps and its outputs, and the chain computes a
-block's direct terms, its steps and the block's share of every weight gradient, while the
-block's rows are still in cache. For W == C only h_t (T+1, B, H) and the outputs (O, T, B)
-span the whole sequence, so memory grows as O(T B (H + O)); the lag sweep adds three
-(T, B, H) arrays (dL/dh_t, phi'(a_t) and A).
+    W > C, phi = identity (W a multiple of C)
+             the Jacobian is the constant W_hh, so the adjoints regroup by their offset in
+             blocks of W steps into three passes of one matvec per step, with the powers
+             W_hh^2 .. W_hh^{W-1}: exact, O(T) instead of O(W T) (``_identity_gradients``).
+
+Every pass walks time in pieces: the forward pass and the chain in blocks of a few steps
+sized for the L2 cache (a block's input projections, steps and outputs; or its direct
+terms, steps and share of every weight gradient, while its rows are still in cache), the
+lag sweep in spans of a few hundred steps, last first, each handing the adjoints its chains
+leave in the span before to that span. Only h_t (T+1, B, H) and the outputs (O, T, B) span
+the whole sequence, so memory grows as O(T B (H + O)) in every mode; the lag sweep adds
+O((S + W) B H) for its spans of S steps.
+
+``chunked_pass`` (``update_every: chunk``) runs the same pieces one chunk at a time, with
+the W_hh each earlier step ran with for windows that reach back into earlier chunks.
 """
 
 from __future__ import annotations
@@ -370,6 +379,109 @@ def _lag_sweep(dh, dphi, W_hh, C: int, lags: int, c0: int, c1: int, A, G, D, bas
             G[lo2 - c0 :] += dh[p0 - 1 : p0 - 1 + (c1 - lo2) * C : C]
 
 
+def _powers_pay(T: int, B: int, H: int, C: int, W: int, dtype) -> bool:
+    """Whether ``_identity_gradients`` applies and beats the lag sweep: windows of whole chunks
+    (W a multiple of C), the W powers of W_hh small enough to keep, and their cost (W H^3)
+    plus three matvecs per step (3 T B H^2) below the sweep's W per step (W T B H^2)."""
+    return W % C == 0 and W * H * H * np.dtype(dtype).itemsize <= _POWERS_BYTES and 3 * T * B + W * H < W * T * B
+
+
+_POWERS_BYTES = 1 << 26
+
+
+def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) -> dict:
+    r"""W > C, phi = identity, W a multiple of C: exact and O(T), from powers of W_hh.
+
+    With phi' = 1 the step Jacobian is the constant W_hh, so (rows, as in the code, with
+    e_t = dL_t/dh_t the direct term and M = W_hh) the adjoint of a_s for the loss at t is
+
+        delta_s^{(t)} = e_t M^{t-s},     and     A_s = sum_{t: f(t) <= s <= t} e_t M^{t-s}.
+
+    f(t) <= s holds for t up to the last step of the chunk W - C steps after s's chunk:
+    t <= C floor(s/C) + W - 1 (W a multiple of C; k_truncated:K is C = 1, W = K + 1). Cut
+    time into blocks of L = W steps, s = qL + r with 0 <= r < L, and let r' = C floor(r/C)
+    (the offset of s's chunk in its block). The window of losses covering s then runs from s
+    to the end of block q, and on into block q+1 up to offset r' - 1:
+
+        A_s = sum_{t=s}^{qL+L-1} e_t M^{t-s}  +  sum_{u=0}^{r'-1} e_{(q+1)L+u} M^{L-r+u}
+            = R_s                             +  P_{q+1}(r') M^{L-r}
+
+        R_s       = e_s + R_{s+1} M  inside block q, R = 0 past its end   (a chain cut at blocks)
+        P_q(r')   = sum_{u<r'} e_{qL+u} M^u                                (a prefix sum of F)
+
+        block:    q                                  q+1
+        steps:    [qL ...... s ......... qL+L-1]     [(q+1)L .. (q+1)L+r'-1 ....]
+        A_s:             R_s: the suffix of q         P_{q+1}(r') M^{L-r}: the head of q+1
+
+    Every term keeps its sign: no difference of two large sums (as in "full minus the part
+    beyond the window"), so the result is as accurate as the lag sweep's. The cost is the
+    powers M^2 .. M^{L-1} (L - 2 products of H x H matrices) and three matvecs per step (R,
+    F_u = e_u M^u, and the head times M^{L-r}), where the lag sweep makes W per step.
+
+    Blocks are laid out offset-major, (L, G, B, H) for a group of G blocks, so each of the
+    three passes is one matmul per offset r over the G blocks' rows. Groups run last first:
+    a group's last block needs the P of the first block of the group after it, carried in
+    slot G of the P buffer. Memory beyond the states: O(G L B H) and the L powers.
+    """
+    T, B, I = x.shape
+    H = hs.shape[2]
+    O = dy.shape[0]
+    dt = hs.dtype
+    M, W_hy = params["W_hh"], params["W_hy"]
+    L = W
+    nQ = -(-T // L)  # blocks; the last may run past T, with zero losses there
+    G = min(nQ, max(1, -(-_SPAN_BYTES // (L * B * H * dt.itemsize))))  # blocks per group
+    GB = G * B
+    Mp = ws.get("powers", (L, H, H), dt)  # Mp[j] = M^j, j >= 1
+    if L > 1:
+        Mp[1] = M
+    for j in range(2, L):
+        np.matmul(Mp[j - 1], M, out=Mp[j])
+    Etm = ws.get("id_time", (G * L, B, H), dt)  # time-major rows: e_t, later A_t
+    A = ws.get("id_A", (L, G, B, H), dt)  # offset-major: A[r, g] is step (q0 + g) L + r
+    Pb = ws.get("id_P", (L, G + 1, B, H), dt)  # Pb[u, g] = P_{q0+g}(u+1); slot G: the next group's first block
+    tmp = ws.get("id_tmp", (GB, H), dt)
+    ones = ws.get("ones", (G * L * B,), dt)
+    ones.fill(1)
+    grads = _new_grads(params)
+    heads = L - C  # P is needed at r' - 1 for r' = C, 2C, .., L - C: offsets u < L - C
+    for q0 in range((nQ - 1) // G * G, -1, -G):
+        q1 = min(q0 + G, nQ)
+        s0, t1 = q0 * L, min(q1 * L, T)
+        nt = (t1 - s0) * B
+        np.matmul(dy[:, s0:t1].reshape(O, nt).T, W_hy, out=Etm[: t1 - s0].reshape(nt, H))  # e_t
+        Etm[t1 - s0 :] = 0  # past T (or past this group's blocks): no losses
+        A[...] = Etm.reshape(G, L, B, H).transpose(1, 0, 2, 3)
+        # F_u = e_u M^u, summed into the prefixes P(u+1), for the blocks of this group.
+        if q1 == nQ:
+            Pb[:, G] = 0  # no block after the last one
+        if heads > 0:
+            Pb[0, :G] = A[0]
+            for u in range(1, heads):
+                np.matmul(A[u].reshape(GB, H), Mp[u], out=Pb[u, :G].reshape(GB, H))
+                Pb[u, :G] += Pb[u - 1, :G]
+        # R: the chain inside each block, all G blocks per matmul.
+        for r in range(L - 2, -1, -1):
+            np.matmul(A[r + 1].reshape(GB, H), M, out=tmp)
+            A[r] += tmp.reshape(G, B, H)
+        # The heads of the next blocks: A_s += P_{q+1}(r') M^{L-r} for r >= C.
+        for r in range(C, L):
+            rp = C * (r // C)
+            np.matmul(Pb[rp - 1, 1 : G + 1].reshape(GB, H), Mp[L - r], out=tmp)
+            A[r] += tmp.reshape(G, B, H)
+        if heads > 0:
+            Pb[:heads, G] = Pb[:heads, 0]  # the group before needs this group's first block
+        Etm.reshape(G, L, B, H)[...] = A.transpose(1, 0, 2, 3)
+        Ab = Etm[: t1 - s0].reshape(nt, H)
+        grads["W_hh"] += Ab.T @ hs[s0:t1].reshape(nt, H)
+        grads["W_xh"] += Ab.T @ x[s0:t1].reshape(nt, I)
+        grads["b_h"] += ones[:nt] @ Ab
+    dy2 = dy.reshape(O, T * B)
+    np.matmul(dy2, hs[1:].reshape(T * B, H), out=grads["W_hy"])
+    dy2.sum(axis=1, out=grads["b_y"])
+    return grads
+
+
 def _dphi_into(activation: str, h: np.ndarray, out: np.ndarray) -> np.ndarray | None:
     """phi'(a) for h = phi(a), written into ``out``; None for the identity (phi' = 1)."""
     if activation == "identity":
@@ -461,6 +573,8 @@ def loss_and_gradients(
     C, W = tr.chunk_and_window(T)
     if W == C:
         grads = _chain_gradients(params, x, hs, dy, C, activation, ws)
+    elif activation == "identity" and _powers_pay(T, B, H, C, W, dt):
+        grads = _identity_gradients(params, x, hs, dy, C, W, ws)
     else:
         grads = _lag_gradients(params, x, hs, dy, C, W, activation, ws)
     _check_finite_grads(grads)
