@@ -149,10 +149,14 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         raise
     finally:
         failing = status == "failed"  # an error is on its way up: the writes below are best effort
+        late_error: runs.RunWriteError | None = None
         if on_boundary:
             # The state sits between two steps, so it is exactly resumable. Diverged,
             # failed and hard-interrupted runs keep their last periodic checkpoint.
-            writer.checkpoint(state.to_arrays())
+            try:
+                writer.checkpoint(state.to_arrays())
+            except runs.RunWriteError as e:  # the run ends failed, and its summary says why
+                status, summary["error"], late_error = "failed", str(e), e
         session = time.perf_counter() - session_start
         summary.update(
             status=status,
@@ -174,10 +178,12 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         try:
             writer.summary(summary)
         except runs.RunWriteError:
-            if not failing:
+            if not (failing or late_error):
                 raise
         finally:
             writer.close()
+    if late_error is not None:
+        raise late_error
     return summary
 
 
@@ -185,13 +191,8 @@ def _data_fingerprint(task) -> str | None:
     """A content hash of the task's data (the text task's file), so a resume can tell that the
     data changed; None for generated tasks, which are a function of the config."""
     fp = getattr(task, "fingerprint", None)
-    if callable(fp):
-        return str(fp())
-    if getattr(task, "data_hash", None):
-        return str(task.data_hash)
-    if getattr(task, "p", {}).get("path") and isinstance(getattr(task, "text", None), str):
-        return "sha256:" + hashlib.sha256(task.text.encode("utf-8")).hexdigest()
-    return None
+    value = fp() if callable(fp) else None
+    return None if value is None else str(value)
 
 
 def _config_digest(cfg: Config) -> str:

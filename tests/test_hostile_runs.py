@@ -637,3 +637,22 @@ def test_atomic_write_replaces_a_symlink_instead_of_its_target(w):
     runs.atomic_write(link, b"{}")
     assert not link.is_symlink() and link.read_bytes() == b"{}"
     assert w.precious.read_text() == "keep me\n"
+
+
+def test_a_final_checkpoint_that_cannot_be_written_ends_the_run_failed(w, invoke, small, monkeypatch):
+    real = runs.RunWriter.checkpoint
+    calls = {"n": 0}
+
+    def second_fails(self, arrays):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first is taken at the start, the second at the end
+            raise runs.RunWriteError(f"cannot write {self.path / 'checkpoint.npz'} (No space left on device)")
+        return real(self, arrays)
+
+    monkeypatch.setattr(runs.RunWriter, "checkpoint", second_fails)
+    run = w.root / "late"
+    sets = [a for s in (*small, "train.checkpoint_every=100") for a in ("--set", s)]
+    code, _, err = w.bptt("train", *sets, "--run-dir", run, "-q", invoke=invoke)
+    one_error(code, err, 1, "checkpoint.npz", "No space left")
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "failed" and "No space left" in s["error"] and s["steps_done"] == 8
