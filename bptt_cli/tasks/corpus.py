@@ -4,8 +4,8 @@ lookup table, memory-mapped from a cache that every process shares.
 A corpus is its text as ids into its vocabulary, the sorted set of its characters::
 
     text    "the cat ."
-    vocab   " .acehtt" -> " .aceht"     sorted by code point, V = 7
-    ids     (N,) uint8 when V <= 256, uint16 when V <= 65,536, else uint32
+    vocab   " .aceht"               sorted by code point, V = 7
+    ids     6 5 4 0 3 2 6 0 1       (N,) uint8 when V <= 256, uint16 when V <= 65,536, else uint32
 
 Reading a file never holds more than a chunk of it (``CHUNK_BYTES``) in memory::
 
@@ -19,14 +19,17 @@ Reading a file never holds more than a chunk of it (``CHUNK_BYTES``) in memory::
 UTF-8 across chunk boundaries: a chunk is decoded with ``final=False``, so an incomplete
 sequence at its end (at most 3 bytes) is carried into the next chunk; an invalid byte is
 reported with its offset in the file. A BOM at the very start is dropped, as ``utf-8-sig``
-does; a U+FEFF anywhere else is a character like any other.
+does; a U+FEFF anywhere else is a character like any other. An ASCII chunk (most text) skips
+the decoder: its bytes are its code points, and with V <= 256 ``bytes.translate`` through a
+256-byte table turns them into ids.
 
 The cache (``<cache_dir>/text/``) holds two files per key, ``v1-<sha256>.ids.npy`` (the ids,
 memory-mapped by readers) and ``v1-<sha256>.meta.npz`` (vocabulary, N, cumulative counts).
 Both are a pure function of the file's bytes, so builders racing on one key write identical
 files, each under a temp name of its own, and whichever ``os.replace`` lands last is as good
-as the first. A cached pair that fails its checks (npy header, shape, dtype, size, vocabulary,
-counts) is rebuilt. An unwritable cache directory falls back to an unlinked temp file, and
+as the first. No file is ever changed in place, so a process that maps one keeps a consistent
+copy whatever happens to the name. A cached pair that fails its checks (npy header, shape,
+dtype, size, vocabulary, counts) is rebuilt. An unwritable cache directory falls back to an unlinked temp file, and
 that to memory, without failing.
 
 Counts. The chance level needs the unigram counts of the training prefix ``ids[:stop]``.
