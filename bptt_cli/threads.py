@@ -10,7 +10,13 @@ So the package picks the count itself, in this order:
     2. env        OPENBLAS_NUM_THREADS, OMP_NUM_THREADS or       the user's own setting
                   MKL_NUM_THREADS set by the user
     3. auto       one thread per WORK_PER_THREAD multiply-adds  at most the cores of the
-                  of the per-step matmul, at least one          process (or the budget)
+                  of the per-step matmul, at least one          process that other processes
+                                                                are not running on right now
+                                                                (and the compare budget)
+
+Busy cores count because a BLAS call waits for its slowest thread: with one other CPU-bound
+process on a 2-core VM, a config D gradient (B=128, H=256) took 8.6 s with 2 threads and
+0.86 s with 1, and the quickstart 3.7x as long (benchmarks/bench_threads.py, 2026-12-02).
 
 A compare running ``w`` workers gives each variant a budget of cores // w, so workers x
 threads never exceeds the cores. Its worker processes also get the BLAS variables (for
@@ -35,8 +41,8 @@ BUDGET_VAR = "BPTT_THREAD_BUDGET"  # the cores a parent bptt gave this process
 MAX_THREADS = 1024
 
 # One more thread per 2**22 float32 multiply-adds of the per-step (B, H) @ (H, H) matmul, so
-# one thread below that. Measured on the project machine (2-core Xeon VM, OpenBLAS 0.3.31
-# SkylakeX, 2026-12-02, under load from other sessions): the matmul alone with 2 threads
+# one thread below that. Measured on the project machine (2-core AMD EPYC VM, OpenBLAS 0.3.31
+# Haswell kernel, 2026-12-02, under load from other sessions): the matmul alone with 2 threads
 # against 1 is 0.9-1.6x slower up to B*H*H ~ 2M (H=128 at B=32..128), and 0.55-0.7x from
 # ~4M up (H=256 at B=64+, H=512 at B=16+); a whole full-BPTT gradient was 1.16x slower
 # with 2 threads for the quickstart (B*H*H = 131k), 1.28x for B=32 H=128 (524k), 1.0-1.2x
@@ -98,6 +104,26 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+def busy_cores() -> int:
+    """Cores other processes are running on right now: the system's runnable threads (Linux
+    ``/proc/loadavg``) less this process's own; 0 where that cannot be read. A snapshot, not
+    the 1-minute load average, so a run started right after another does not count it."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            own += stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R"
+        return max(0, running - max(own, 1))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def user_env_threads(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
     """The first of BLAS_THREAD_VARS the user set to a positive whole number, as (name, value);
     those a parent bptt set for its workers (named in OWN_VARS_MARK) do not count."""
@@ -123,13 +149,15 @@ def choose(
     hidden: int,
     dtype: str = "float32",
     cores: int | None = None,
+    busy: int | None = None,
     budget: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ThreadChoice:
     """The thread count for a run whose per-step matmul is (batch, hidden) @ (hidden, hidden).
 
-    ``cores`` defaults to :func:`available_cores`; ``budget`` (a compare worker's share) caps
-    it further; ``environ`` defaults to ``os.environ``. Pure given its arguments.
+    ``cores`` defaults to :func:`available_cores`, ``busy`` to :func:`busy_cores`; ``budget``
+    (a compare worker's share) caps it further; ``environ`` defaults to ``os.environ``. Pure
+    given all of them.
     """
     if setting != "auto":
         return ThreadChoice(int(setting), "explicit", f"--threads / train.threads {int(setting)}")
@@ -137,11 +165,14 @@ def choose(
     if user is not None:
         return ThreadChoice(user[1], "env", f"{user[0]}={user[1]}")
     cores = available_cores() if cores is None else max(1, cores)
-    limit = cores if budget is None else max(1, min(cores, budget))
+    busy = min(cores - 1, busy_cores() if busy is None else max(0, busy))
+    limit = cores - busy if budget is None else max(1, min(cores - busy, budget))
     work = batch * hidden * hidden * (2 if dtype == "float64" else 1)  # float32-equivalent multiply-adds
     count = max(1, min(limit, work // WORK_PER_THREAD))
     per = f"{WORK_PER_THREAD // (2 if dtype == 'float64' else 1):,}"
-    of = f"{limit} of {cores} cores" if limit < cores else f"{cores} core{'s' if cores != 1 else ''}"
+    of = f"{cores} core{'s' if cores != 1 else ''}" + (f", {busy} busy" if busy else "")
+    if budget is not None and budget < cores - busy:
+        of += f", a share of {budget}"
     return ThreadChoice(count, "auto", f"B*H*H={batch * hidden * hidden:,}, one thread per {per}; {of}")
 
 

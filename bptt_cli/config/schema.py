@@ -60,7 +60,10 @@ Every = Annotated[Int, Field(ge=0, le=MAX_COUNT)]  # an interval where 0 means "
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when first used instead of at import, so a
+    # command that never validates pays nothing, and Config's one build covers the sections
+    # inside it rather than building each section's validator on its own as well.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # ---------------------------------------------------------------------------------------
