@@ -172,7 +172,8 @@ def estimate(cfg: Config, task: Task | None = None, shape: Shape | None = None) 
 
 
 def available_memory() -> int | None:
-    """Bytes this process could allocate now: MemAvailable, lowered to the cgroup's room; None if unknown."""
+    """Bytes this process could allocate now: MemAvailable, lowered to the room left under a
+    cgroup's limit (a container's); ``os.sysconf`` where neither is readable; None if unknown."""
     found: list[int] = []
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -182,23 +183,50 @@ def available_memory() -> int | None:
                     break
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
-    ):
-        try:
-            text = Path(limit).read_text(encoding="ascii").strip()
-            if text != "max" and int(text) < 1 << 60:
-                found.append(max(0, int(text) - int(Path(usage).read_text(encoding="ascii").strip())))
-                break
-        except (OSError, ValueError):
-            continue
+    room = _cgroup_room()
+    if room is not None:
+        found.append(room)
     if not found:
         try:
             found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
         except (OSError, ValueError, AttributeError):
             return None
     return min(found)
+
+
+_CGROUPS = (  # (limit, usage, memory.stat key of reclaimable page cache): v2, then v1
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.stat", "inactive_file"),
+    (
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        "/sys/fs/cgroup/memory/memory.stat",
+        "total_inactive_file",
+    ),
+)
+
+
+def _cgroup_room() -> int | None:
+    """limit - (usage - inactive page cache) of this cgroup, or None without a limit. The cache
+    counts as usage but the kernel drops it under pressure, as MemAvailable assumes too."""
+    for limit_file, usage_file, stat_file, cache_key in _CGROUPS:
+        try:
+            text = Path(limit_file).read_text(encoding="ascii").strip()
+            if text == "max" or int(text) >= 1 << 60:  # no limit (v1 writes a huge number)
+                return None
+            usage = int(Path(usage_file).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            continue
+        cache = 0
+        try:
+            for line in Path(stat_file).read_text(encoding="ascii").splitlines():
+                key, _, value = line.partition(" ")
+                if key == cache_key:
+                    cache = int(value)
+                    break
+        except (OSError, ValueError):
+            pass
+        return max(0, int(text) - max(0, usage - cache))
+    return None
 
 
 def fmt_bytes(n: float) -> str:

@@ -328,6 +328,20 @@ def test_available_memory_is_measured():
     assert room is None or room > 0
 
 
+def test_a_containers_limit_counts_and_its_page_cache_does_not(tmp_path, monkeypatch):
+    from bptt_cli import budget
+
+    limit, usage, stat = tmp_path / "memory.max", tmp_path / "memory.current", tmp_path / "memory.stat"
+    monkeypatch.setattr(budget, "_CGROUPS", ((str(limit), str(usage), str(stat), "inactive_file"),))
+    limit.write_text("1000000000\n")
+    usage.write_text("900000000\n")
+    stat.write_text("anon 400000000\ninactive_file 500000000\n")
+    assert budget._cgroup_room() == 600_000_000
+    assert budget.available_memory() <= 600_000_000
+    limit.write_text("max\n")
+    assert budget._cgroup_room() is None
+
+
 @pytest.mark.parametrize(
     ("sets", "ok"),
     [
