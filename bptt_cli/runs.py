@@ -551,7 +551,7 @@ def load_run(path: Path) -> Run:
     died: it reads back as ``crashed``, with the step and update of the last logged line."""
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"{path} is not a run directory (no such folder)")
+        raise RunError(f"{path} is not a run directory ({'not a folder' if path.exists() else 'no such folder'})")
     if not is_run_dir(path):
         raise RunError(f"{path} is not a run directory (it has no config.yaml)")
     config = read_config(path)

@@ -245,7 +245,10 @@ def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
         return None
     kind, inner = shape
     if kind == "opt":
-        return None if value is None else check_shape(value, inner, where)
+        if value is None:
+            return None
+        problem = check_shape(value, inner, where)
+        return f"{at}expected {_wanted(shape)}, got {_describe(value)}" if problem and isinstance(inner, str) else problem
     if kind == "list":
         if not isinstance(value, list):
             return f"{at}expected a list, got {_describe(value)}"
@@ -272,6 +275,7 @@ def opt(s: Any) -> tuple[str, Any]:
 # -- checkpoints ----------------------------------------------------------------------------
 _MEMBER = re.compile(r"[A-Za-z0-9_./-]{1,200}")
 NPZ_CAP = 1 << 30  # bytes of arrays a checkpoint may hold when the caller gives no cap
+NPZ_MEMBERS = 10_000  # a checkpoint holds a few dozen arrays; a zip directory of millions is an attack
 
 
 def load_npz(path: Path, *, cap: int = NPZ_CAP) -> dict[str, np.ndarray]:
@@ -282,12 +286,17 @@ def load_npz(path: Path, *, cap: int = NPZ_CAP) -> dict[str, np.ndarray]:
     may hold at most ``cap`` bytes. Pickles are never loaded.
     """
     with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > cap + (1 << 20):  # np.savez stores arrays uncompressed: the file is about their size
+            raise UnsafeFile(f"{path} is {size:,} bytes, more than a checkpoint of this run can be ({cap:,} bytes of arrays)")
         try:
             zf = zipfile.ZipFile(f)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
             raise UnsafeFile(f"{path} is not a checkpoint (not a zip file)") from None
         with zf:
             infos = zf.infolist()
+            if len(infos) > NPZ_MEMBERS:
+                raise UnsafeFile(f"{path} has {len(infos):,} members, more than the {NPZ_MEMBERS:,} a checkpoint can have")
             names = [i.filename for i in infos]
             if len(set(names)) != len(names):
                 raise UnsafeFile(f"{path}: a member name appears twice")
@@ -297,7 +306,7 @@ def load_npz(path: Path, *, cap: int = NPZ_CAP) -> dict[str, np.ndarray]:
                 name = info.filename
                 if not name.endswith(".npy") or not _MEMBER.fullmatch(name) or ".." in name.split("/"):
                     raise UnsafeFile(f"{path}: member {name[:60]!r} is not an array of a checkpoint")
-                if info.file_size > cap:
+                if info.file_size > cap + 10_240:  # the data and an .npy header (at most 10 kB)
                     raise UnsafeFile(f"{path}: member {name} unpacks to {info.file_size:,} bytes, more than the {cap:,} allowed")
                 plan.append(info)
             out: dict[str, np.ndarray] = {}

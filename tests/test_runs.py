@@ -255,3 +255,24 @@ def test_environment_names_python_and_numpy_versions():
     assert re.fullmatch(r"3\.\d+\.\d+.*", env["python"])
     assert env["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", env["git_commit"])
     assert all(v is None or isinstance(v, str) for v in env.values())
+
+
+def test_load_checkpoint_checks_sizes_against_the_cap_before_loading(tmp_path):
+    w = runs.RunWriter(tmp_path)
+    w.checkpoint({"param/W_hh": np.zeros((64, 64)), "step": np.array(3)})
+    assert runs.load_checkpoint(tmp_path, cap=64 * 64 * 8 + 8)["param/W_hh"].shape == (64, 64)
+    with pytest.raises(RunError, match="more than the 16,384 allowed"):
+        runs.load_checkpoint(tmp_path, cap=16 * 1024)  # refused from the zip directory, before unpacking
+    (tmp_path / "checkpoint.npz").write_bytes(b"\0" * (3 << 20))
+    with pytest.raises(RunError, match="more than a checkpoint of this run can be"):
+        runs.load_checkpoint(tmp_path, cap=1024)
+
+
+def test_safeio_check_shape_names_the_first_key_that_is_wrong():
+    from bptt_cli.safeio import check_shape, opt
+
+    shape = {"step": "int", "flow": opt({"norms": ("list", opt("num"))})}
+    assert check_shape({"step": 1, "flow": {"norms": [1.0, None]}}, shape) is None
+    assert check_shape({"step": True}, shape) == "step: expected an integer, got a boolean"
+    assert check_shape({"step": 1, "flow": {"norms": [1, "x"]}}, shape) == "flow.norms[1]: expected a number or null, got the string 'x'"
+    assert check_shape([], shape) == "expected an object, got a list"
