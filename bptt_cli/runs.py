@@ -94,8 +94,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     never written through. The file gets the mode the umask gives (mkstemp makes 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, safeio.file_mode())
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), safeio.file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
