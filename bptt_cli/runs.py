@@ -374,6 +374,7 @@ SUMMARY_SHAPE: dict[str, Any] = {
     "diagnostics": opt(("map", _NUM)),
     "expectations": opt(("list", {"expect": "str", "metric": "str", "value": _NUM, "ok": "bool"})),
     "data": opt("str"), "config_digest": opt("str"),
+    "threads": opt({"count": opt(_INT), "source": opt("str"), "reason": opt("str")}),
 }  # fmt: skip
 
 
