@@ -8,6 +8,7 @@ Data goes to stdout; messages and progress go to stderr.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -18,11 +19,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.console import Console
 
-# Commands import the layers they run (runs, config, session: NumPy, pydantic) inside, so
-# `bptt --help` loads neither.
-from bptt_cli import render
 from bptt_cli.core.errors import BpttError
 
 EXIT_FAILED = 1
@@ -38,10 +35,41 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+
+class _Lazy:
+    """Made on first use. `bptt --help` (plain Click help: rich_markup_mode=None) then loads
+    no rich; commands import the layers they run (runs, config, session: NumPy, pydantic)
+    inside, so it loads none of those either."""
+
+    def __init__(self, make) -> None:
+        self._make, self._obj = make, None
+
+    def __getattr__(self, name: str):
+        if self._obj is None:
+            self._obj = self._make()
+        return getattr(self._obj, name)
+
+
+def _console(**kwargs):
+    from rich.console import Console
+
+    return Console(**kwargs)
+
+
+render = _Lazy(lambda: importlib.import_module("bptt_cli.render"))
 # A pipe or log file has no width of its own; 120 columns keeps the wide tables whole there.
 # No markup: table cells hold names read from run files, and "[/x]" there must print as is.
-out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
-err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line in logs
+_OUT_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+out = _Lazy(lambda: _console(highlight=False, markup=False, width=_OUT_WIDTH))
+err = _Lazy(lambda: _console(stderr=True, highlight=False, soft_wrap=True))  # messages stay one line in logs
+# render.SORT_KEYS, spelled out for --sort's help so that `bptt --help` need not import
+# render (tests/test_threads.py keeps the two equal).
+SORT_KEYS = (
+    "train_loss", "eval_loss", "metric_value", "updates_to_target", "grad_norm_median", "grad_norm_max",
+    "clipped_share", "bias_cosine", "decay_first", "decay_last", "time_per_update", "time_per_sequence",
+    "group", "updates",
+)  # fmt: skip
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -357,7 +385,7 @@ def compare(
     runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of new compare directories."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Finish the variants of this compare directory that did not complete."),
     smoke: bool = typer.Option(False, "--smoke", help="Shrink every variant to a few updates (CI smoke run)."),
-    sort: Optional[str] = typer.Option(None, "--sort", help="Order rows by a column: " + ", ".join(render.SORT_KEYS) + "."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Order rows by a column: " + ", ".join(SORT_KEYS) + "."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress display."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
     expect: list[str] = typer.Option([], "--expect", help="Check every variant's final metric, e.g. 'eval.accuracy>=0.9' (repeatable); exit 1 if a variant misses it."),
@@ -515,7 +543,7 @@ def _live(quiet: bool):
 
 def _print_compare(result: dict, sort: str | None) -> None:
     # The table is wide; a log file or pipe has no width to respect, so give it room.
-    con = out if out.is_terminal or "COLUMNS" in os.environ else Console(width=160, highlight=False)
+    con = out if out.is_terminal or "COLUMNS" in os.environ else _console(width=160, highlight=False)
     for table in render.compare_tables(result, sort=sort):
         con.print(table)
     if any(r.get("status") != "completed" for r in result["variants"]) or len(result["variants"]) <= 12:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from bptt_cli.session import execute
 
 from conftest import SMALL, one_line  # noqa: E402  (tests/ is on sys.path under pytest)
 
+ROOT = Path(__file__).resolve().parents[1]
 NO_ENV: dict[str, str] = {}
 BIG = dict(batch=256, hidden=1024)  # B*H*H = 268M: far above the per-thread line
 
@@ -257,3 +260,25 @@ def test_compare_with_process_workers_keeps_workers_times_threads_within_cores(i
     for c in counts:
         assert c["source"] == "auto"
         assert 2 * c["count"] <= cores or c["count"] == 1, counts
+
+
+# -- start-up ---------------------------------------------------------------------------
+def test_help_loads_no_numpy_pydantic_rich_or_yaml():
+    """`bptt --help` needs typer only; the layers load when a command runs."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from bptt_cli.cli import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pydantic', 'rich', 'yaml', 'threadpoolctl'}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_sort_keys_in_the_help_are_renders():
+    from bptt_cli import cli, render
+
+    assert cli.SORT_KEYS == render.SORT_KEYS
