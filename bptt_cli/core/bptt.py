@@ -240,8 +240,9 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
     dphi_buf = ws.get("dphi_block", buf.shape, dt)
     Tb = min(T, buf.shape[0])
     g = ws.get("g", (B, H), dt, zero=True)  # dL/dh_t from the steps after t
-    ones = np.ones(Tb * B, dt)
+    ones = _ones(ws, "ones_block", Tb * B, dt)
     grads = _new_grads(params)
+    first = True  # the last block, which runs first, writes the gradients instead of adding to them
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
         n = (t1 - t0) * B
@@ -262,12 +263,32 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
             elif t > 0:
                 np.matmul(da, W_hh, out=g)  # dL/dh_{t-1} = dL/da_t @ W_hh
         A = dh.reshape(n, H)
-        grads["W_hh"] += A.T @ hs[t0:t1].reshape(n, H)
-        grads["W_xh"] += A.T @ x[t0:t1].reshape(n, I)
-        grads["b_h"] += ones[:n] @ A  # the sum over rows; BLAS is 3x faster than A.sum(axis=0)
-        grads["W_hy"] += dy_b @ hs[t0 + 1 : t1 + 1].reshape(n, H)
-        grads["b_y"] += dy_b.sum(axis=1)
+        _acc(grads["W_hh"], A.T, hs[t0:t1].reshape(n, H), first)
+        _acc(grads["W_xh"], A.T, x[t0:t1].reshape(n, I), first)
+        _acc(grads["b_h"], ones[:n], A, first)  # the sum over rows; BLAS is 3x faster than A.sum(axis=0)
+        _acc(grads["W_hy"], dy_b, hs[t0 + 1 : t1 + 1].reshape(n, H), first)
+        if first:
+            dy_b.sum(axis=1, out=grads["b_y"])
+        else:
+            grads["b_y"] += dy_b.sum(axis=1)
+        first = False
     return grads
+
+
+def _acc(out: np.ndarray, a: np.ndarray, b: np.ndarray, first: bool) -> None:
+    """out = a @ b for the first block of a sum (no temporary), out += a @ b after it."""
+    if first:
+        np.matmul(a, b, out=out)
+    else:
+        out += a @ b
+
+
+def _ones(ws: Workspace, name: str, n: int, dt) -> np.ndarray:
+    """A vector of n ones kept in the workspace: ones @ A sums A's rows in one BLAS call."""
+    buf = ws.get(name, (n,), dt)
+    if buf[0] != 1:  # a fresh (zeroed) buffer
+        buf.fill(1)
+    return buf
 
 
 def _lag_gradients(params: dict, x, hs, dy, C: int, W: int, activation: str, ws: Workspace) -> dict:
@@ -304,8 +325,7 @@ def _lag_gradients(params: dict, x, hs, dy, C: int, W: int, activation: str, ws:
     carry = ws.get("lag_carry", (P, B, H), dt)
     G = ws.get("G", (min(n, m), B, H), dt)  # dL/dh at each chain's current step
     D = ws.get("D", (min(n, m), B, H), dt)  # dL/da there
-    ones = ws.get("ones", (m * C * B,), dt)
-    ones.fill(1)
+    ones = _ones(ws, "ones_span", m * C * B, dt)
     grads = _new_grads(params)
     for k0 in range((nC - 1) // m * m, -1, -m):
         k1 = min(k0 + m, nC)
@@ -441,8 +461,7 @@ def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) 
     A = ws.get("id_A", (L, G, B, H), dt)  # offset-major: A[r, g] is step (q0 + g) L + r
     Pb = ws.get("id_P", (L, G + 1, B, H), dt)  # Pb[u, g] = P_{q0+g}(u+1); slot G: the next group's first block
     tmp = ws.get("id_tmp", (GB, H), dt)
-    ones = ws.get("ones", (G * L * B,), dt)
-    ones.fill(1)
+    ones = _ones(ws, "ones_powers", G * L * B, dt)
     grads = _new_grads(params)
     heads = L - C  # P is needed at r' - 1 for r' = C, 2C, .., L - C: offsets u < L - C
     for q0 in range((nQ - 1) // G * G, -1, -G):
@@ -696,7 +715,7 @@ def _window_gradients(params, x, hs, dy, a: int, b: int, f: int, C: int, W_ran, 
     grads = _new_grads(params)
     np.matmul(A2.T, x[f:b].reshape(L * B, I), out=grads["W_xh"])
     np.matmul(A2.T, hs[f:b].reshape(L * B, H), out=grads["W_hh"])
-    np.matmul(np.ones(L * B, dt), A2, out=grads["b_h"])  # the sum over rows; BLAS is 3x faster than A.sum(axis=0)
+    np.matmul(_ones(ws, "ones_window", R * C * B, dt)[: L * B], A2, out=grads["b_h"])  # the sum over rows
     np.matmul(dy2, hs[a + 1 : b + 1].reshape(n * B, H), out=grads["W_hy"])
     dy2.sum(axis=1, out=grads["b_y"])
     return grads
