@@ -149,6 +149,21 @@ def test_gradient_flow_from_given_states_equals_its_own_forward(act, lk):
     np.testing.assert_allclose(own["norms"], want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("per_group", [1, 2, 3])
+def test_gradient_flow_in_groups_of_chains_matches_per_step_chains(monkeypatch, act, per_group):
+    """Chains run through their lags a group at a time; any group size gives the same profile."""
+    p, x, tg, m, h0 = _problem(26, T=10, density=0.6)
+    m[:2] = 0
+    B, H = x.shape[1], p["W_hh"].shape[0]
+    monkeypatch.setattr(diagnostics, "_GROUP_BYTES", per_group * B * H * 8)
+    for max_lag in (50, 4):
+        flow = diagnostics.gradient_flow(p, x, tg, m, activation=act, loss="cross_entropy", h0=h0, max_lag=max_lag)
+        want, counts = _flow_by_loops(p, x, tg, m, act, "cross_entropy", h0, max_lag)
+        assert flow["counts"] == counts
+        np.testing.assert_allclose(flow["norms"], want, rtol=1e-12)
+
+
 def test_gradient_flow_refuses_states_of_another_shape():
     p, x, tg, m, h0 = _problem(25)
     hs, _ = model.forward(p, x, activation="tanh", h0=h0)
