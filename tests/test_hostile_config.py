@@ -49,7 +49,7 @@ def alias_bomb(levels: int) -> str:
 def bptt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "bptt_cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        [sys.executable, "-m", "bptt_cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
 
 

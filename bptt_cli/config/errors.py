@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from bptt_cli.core.errors import BpttError
 
-
 MAX_MESSAGE = 1000  # characters; a message quoting a huge value is cut here as a last resort
 
 

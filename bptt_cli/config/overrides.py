@@ -11,7 +11,6 @@ from bptt_cli.config.errors import ConfigError
 from bptt_cli.config.schema import _OPTIMIZER_DEFAULTS
 from bptt_cli.config.yaml_io import _char_name, _control_at, _parse_yaml
 
-
 _OVERRIDE_FORM = "--set expects KEY=VALUE with a dotted key such as truncation.k=5"
 _KEY = re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z0-9_][\w-]*)*")
 _INT = re.compile(r"[-+]?\d+")
