@@ -40,7 +40,7 @@ import numpy as np
 
 from bptt_cli import safeio
 from bptt_cli.core.errors import BpttError
-from bptt_cli.safeio import opt
+from bptt_cli.safeio import opt, req
 
 LOGS = ("metrics", "eval", "diagnostics")
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
@@ -372,7 +372,7 @@ SUMMARY_SHAPE: dict[str, Any] = {
     "target_reached": opt({"step": opt(_INT), "update": opt(_INT), "target": opt("str")}),
     "wall_time": _NUM, "updates_per_second": _NUM, "finished": opt("str"), "error": opt("str"),
     "diagnostics": opt(("map", _NUM)),
-    "expectations": opt(("list", {"expect": "str", "metric": "str", "value": _NUM, "ok": "bool"})),
+    "expectations": opt(("list", {"expect": req("str"), "metric": req("str"), "value": req(_NUM), "ok": req("bool")})),
     "data": opt("str"), "config_digest": opt("str"),
     "threads": opt({"count": opt(_INT), "source": opt("str"), "reason": opt("str")}),
 }  # fmt: skip

@@ -188,7 +188,8 @@ def iter_lines(path: Path, limit: int = MAX_LINE) -> Iterator[tuple[int, bytes |
 # -- shapes -------------------------------------------------------------------------------
 # A shape is: "int" (not bool), "num" (int or float, not bool), "str", "bool", "any",
 # ("opt", s) for s or null, ("list", s), ("map", s) for an object of s values, or a dict
-# {key: s} for an object whose listed keys (when present) have those shapes.
+# {key: s} for an object whose listed keys (when present) have those shapes; ("req", s) in
+# such a dict marks a key that must be present.
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -223,6 +224,8 @@ def _wanted(shape: Any) -> str:
     if isinstance(shape, dict):
         return "an object"
     kind, inner = shape
+    if kind == "req":
+        return _wanted(inner)
     if kind == "opt":
         return f"{_wanted(inner)} or null"
     return "a list" if kind == "list" else "an object"
@@ -242,8 +245,12 @@ def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
                 p = check_shape(value[k], s, f"{where}.{k}" if where else k)
                 if p:
                     return p
+            elif isinstance(s, tuple) and s[0] == "req":
+                return f"{at}no {k!r}"
         return None
     kind, inner = shape
+    if kind == "req":
+        return check_shape(value, inner, where)
     if kind == "opt":
         if value is None:
             return None
@@ -270,6 +277,10 @@ def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
 
 def opt(s: Any) -> tuple[str, Any]:
     return ("opt", s)
+
+
+def req(s: Any) -> tuple[str, Any]:
+    return ("req", s)
 
 
 # -- checkpoints ----------------------------------------------------------------------------

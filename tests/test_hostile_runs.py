@@ -142,6 +142,8 @@ SUMMARIES = {
     "status-unknown": '{"status": "exploded"}',
     "error-number": '{"status": "failed", "error": 7}',
     "expectations-garbage": '{"status": "completed", "expectations": [1, "a"]}',
+    "expectations-empty": '{"status": "completed", "expectations": [{}]}',
+    "clip-string": '{"status": "completed", "clip": "global_norm"}',
     "escape-codes": '{"status": "completed", "name": "\\u001b[2J\\u001b[31mowned"}',
     "not-json": "{status: completed",
     "nan": '{"status": "completed", "wall_time": NaN}',
