@@ -658,3 +658,33 @@ def test_a_final_checkpoint_that_cannot_be_written_ends_the_run_failed(w, invoke
     one_error(code, err, 1, "checkpoint.npz", "No space left")
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "failed" and "No space left" in s["error"] and s["steps_done"] == 8
+
+
+# -- any JSON at all: reading and rendering never raise ---------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False) | st.text(max_size=8)
+_json = st.recursive(_scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=12)
+_keys = st.sampled_from(["status", "steps", "steps_done", "final", "best", "diverged_at", "clip", "chance", "expectations",
+                         "error", "diagnostics", "target_reached", "updates", "step", "loss", "flow", "bias", "norms", "lags"])  # fmt: skip
+_records = st.dictionaries(_keys, _json, max_size=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(summary=_json | _records, lines=st.lists(_records | _json, max_size=4), log=st.sampled_from(runs.LOGS))
+def test_any_json_in_a_run_reads_and_renders_without_raising(base_run, tmp_path_factory, summary, lines, log):
+    from rich.console import Console
+
+    from bptt_cli import render
+
+    run = tmp_path_factory.mktemp("fuzz") / "run"
+    shutil.copytree(base_run, run)
+    (run / "summary.json").write_text(json.dumps(summary))
+    with open(run / f"{log}.jsonl", "a") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in lines))
+    loaded = runs.load_run(run)
+    console = Console(file=io.StringIO(), width=100, markup=False)
+    console.print(render.run_report(loaded))
+    console.print(render.summary_panel(loaded.summary))
+    shutil.rmtree(run)
