@@ -54,7 +54,9 @@ class _Lazy:
 def _console(**kwargs):
     from rich.console import Console
 
-    return Console(**kwargs)
+    # No :emoji: codes: bptt prints none, a run name must print as written, and rich's code
+    # table is the largest module it loads (a tenth of the quickstart's imports).
+    return Console(emoji=False, **kwargs)
 
 
 render = _Lazy(lambda: importlib.import_module("bptt_cli.render"))

@@ -218,7 +218,8 @@ def summary_panel(summary: dict) -> Panel:
         )
     if summary.get("error"):
         grid.add_row("error", Text(summary["error"], style="red"))
-    return Panel(grid, title="Summary", title_align="left", border_style=STATUS_STYLE.get(status, ""))
+    # A Text title: a str one goes through rich's markup, which loads its emoji table.
+    return Panel(grid, title=Text("Summary"), title_align="left", border_style=STATUS_STYLE.get(status, ""))
 
 
 def _clip_text(clip: dict | None) -> str:
