@@ -317,6 +317,40 @@ def test_ctrl_c_interrupts_every_worker_and_resume_finishes_them(invoke, tmp_pat
     assert outcome(path) == outcome(reference)
 
 
+def test_workers_start_with_ctrl_c_ignored_until_their_variant_handles_it():
+    # The cause of a flaky Ctrl-C test: a worker still starting (unpickling its call, before
+    # run_variant installed its handler) took the Ctrl-C sent to the process group as a
+    # KeyboardInterrupt outside any handler; and the fork server, hit while still importing,
+    # died, so the next start failed in the executor's thread and the compare hung. Workers
+    # now come from a fork server started with SIGINT ignored.
+    executor = cmp.ProcessPerTaskExecutor(1)
+    try:
+        assert executor.submit(signal.getsignal, signal.SIGINT).result(timeout=60) == signal.SIG_IGN
+    finally:
+        executor.shutdown(wait=True)
+
+
+def test_a_worker_that_cannot_start_fails_its_call_not_the_executor():
+    executor = cmp.ProcessPerTaskExecutor(1)
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def start(self):
+            raise EOFError("unexpected EOF")  # what a dead fork server gives
+
+    real = executor._ctx
+    executor._ctx = type("Ctx", (), {"Process": Broken, "Pipe": staticmethod(real.Pipe)})()
+    try:
+        with pytest.raises(cmp.VariantFailed, match="cannot start a worker process"):
+            executor.submit(os.getpid).result(timeout=60)
+        executor._ctx = real
+        assert executor.submit(os.getpid).result(timeout=60) != os.getpid()  # and it goes on
+    finally:
+        executor.shutdown(wait=True)
+
+
 # -- the results files and the table -------------------------------------------------------------
 def test_csv_and_json_hold_the_numbers_the_table_shows(invoke, tmp_path):
     path, result = run_compare(invoke, tmp_path, "--modes", MODES, "--seeds", "2")

@@ -248,8 +248,14 @@ class ProcessPerTaskExecutor(Executor):
                         continue
                     recv, send = self._ctx.Pipe(duplex=False)
                     proc = self._ctx.Process(target=_child, args=(send, fn, args), daemon=False)
-                    with _environ(self._env):
-                        proc.start()
+                    try:
+                        with _environ(self._env):
+                            proc.start()
+                    except Exception as e:  # e.g. the fork server is gone: fail this call, never the loop (a hang)
+                        send.close()
+                        recv.close()
+                        fut.set_exception(VariantFailed(f"{type(e).__name__}: cannot start a worker process ({e})"))
+                        continue
                     send.close()
                     self._running.append((fut, proc, recv))
                 if self._shutdown and not self._queue and not self._running:
