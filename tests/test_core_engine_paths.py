@@ -190,3 +190,28 @@ def test_identity_powers_stay_accurate_over_long_windows():
     g = bptt._identity_gradients(p, x, hs, dy, 1, 61, ws)
     g_sweep = bptt._lag_gradients(p, x, hs, dy, 1, 61, "identity", ws)
     assert_grads_match(g, g_sweep, "k_truncated:60 powers vs sweep", tol=1e-12)
+
+
+def test_identity_powers_that_overflow_fall_back_to_the_sweep():
+    """W_hh = 4 Q in float32: W_hh^70 overflows, yet the gradient of a loss at step 5 alone
+    is finite (it reaches back 5 steps). The powers would turn the zero rows of the
+    unsupervised steps into NaN; the sweep runs instead and gets it right."""
+    rng = np.random.default_rng(38)
+    T, B, H = 100, 1, 3
+    p, x, tg, m, _ = ref.random_problem(rng, T, B, 2, H, 2, "mse")
+    q, _ = np.linalg.qr(rng.normal(size=(H, H)))
+    p["W_hh"] = 4.0 * q
+    p["b_h"][:] = 0
+    x[:] = 0  # all states stay 0: a finite forward whatever 4^t
+    m[:] = 0
+    m[5] = 1
+    p32 = {k: v.astype(np.float32) for k, v in p.items()}
+    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    _, g, _ = bptt.loss_and_gradients(p32, f32(x), f32(tg), f32(m), "k_truncated:70", activation="identity",
+                                      loss="mse")
+    _, g_r = ref.gradients(p, x, tg, m, "k_truncated:70", "identity", "mse")
+    for k in KEYS:
+        assert ref.rel_err(g[k], g_r[k], 1e-6) < 1e-5, k
+    ws = bptt.Workspace()
+    _, hs, dy = bptt.forward_and_loss(p32, f32(x), tg.astype(np.float32), f32(m), None, "identity", "mse", ws)
+    assert bptt._identity_gradients(p32, f32(x), hs, dy, 1, 71, ws) is None

@@ -409,7 +409,7 @@ def _powers_pay(T: int, B: int, H: int, C: int, W: int, dtype) -> bool:
 _POWERS_BYTES = 1 << 26
 
 
-def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) -> dict:
+def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) -> dict | None:
     r"""W > C, phi = identity, W a multiple of C: exact and O(T), from powers of W_hh.
 
     With phi' = 1 the step Jacobian is the constant W_hh, so (rows, as in the code, with
@@ -441,7 +441,9 @@ def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) 
     Blocks are laid out offset-major, (L, G, B, H) for a group of G blocks, so each of the
     three passes is one matmul per offset r over the G blocks' rows. Groups run last first:
     a group's last block needs the P of the first block of the group after it, carried in
-    slot G of the P buffer. Memory beyond the states: O(G L B H) and the L powers.
+    slot G of the P buffer. Memory beyond the states: O(G L B H) and the L powers. Returns
+    None when a power overflows (a spectral radius far above 1): its zero rows would turn
+    into NaN, where the lag sweep keeps them zero.
     """
     T, B, I = x.shape
     H = hs.shape[2]
@@ -457,6 +459,8 @@ def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) 
         Mp[1] = M
     for j in range(2, L):
         np.matmul(Mp[j - 1], M, out=Mp[j])
+    if L > 1 and not np.isfinite(Mp[L - 1]).all():
+        return None
     Etm = ws.get("id_time", (G * L, B, H), dt)  # time-major rows: e_t, later A_t
     A = ws.get("id_A", (L, G, B, H), dt)  # offset-major: A[r, g] is step (q0 + g) L + r
     Pb = ws.get("id_P", (L, G + 1, B, H), dt)  # Pb[u, g] = P_{q0+g}(u+1); slot G: the next group's first block
@@ -592,10 +596,12 @@ def loss_and_gradients(
     C, W = tr.chunk_and_window(T)
     if W == C:
         grads = _chain_gradients(params, x, hs, dy, C, activation, ws)
-    elif activation == "identity" and _powers_pay(T, B, H, C, W, dt):
-        grads = _identity_gradients(params, x, hs, dy, C, W, ws)
     else:
-        grads = _lag_gradients(params, x, hs, dy, C, W, activation, ws)
+        grads = None
+        if activation == "identity" and _powers_pay(T, B, H, C, W, dt):
+            grads = _identity_gradients(params, x, hs, dy, C, W, ws)  # None if W_hh^(W-1) overflows
+        if grads is None:
+            grads = _lag_gradients(params, x, hs, dy, C, W, activation, ws)
     _check_finite_grads(grads)
     return value, grads, hs[T].copy()
 
