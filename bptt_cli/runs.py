@@ -195,7 +195,11 @@ class RunLock:
             for attempt in range(tries):
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                except OSError as e:
+                    if e.errno in _NO_LOCKS:
+                        break  # a filesystem without locks: run as before, unguarded
+                    if not isinstance(e, BlockingIOError):
+                        raise
                     if attempt == tries - 1:
                         raise RunBusy(f"{self.path.parent} is being written by {_holder_text(_read_holder(fd))}; "
                                       "wait for it to end or stop that process first") from None  # fmt: skip
@@ -205,6 +209,7 @@ class RunLock:
                     break
                 # The holder removed the file as it let go: lock the file that is there now.
                 os.close(fd)
+                fd = -1
                 fd = os.open(self.path, flags, 0o666)
             else:
                 raise RunBusy(f"{self.path.parent} is being written by another process")
@@ -212,10 +217,12 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode() + b"\n", 0)
         except OSError as e:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise RunError(f"cannot take the lock {self.path} ({_os_reason(e)})") from None
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
         self._fd = fd
         return self
@@ -237,6 +244,9 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -281,8 +291,8 @@ def lock_holder(run_dir: Path) -> dict | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return _read_holder(fd)
-        except OSError:
-            return None
+        except OSError as e:  # no locks on this filesystem: the writer may be alive
+            return {} if e.errno in _NO_LOCKS else None
         return None
     finally:
         os.close(fd)  # also drops the probe's shared lock

@@ -276,3 +276,17 @@ def test_safeio_check_shape_names_the_first_key_that_is_wrong():
     assert check_shape({"step": True}, shape) == "step: expected an integer, got a boolean"
     assert check_shape({"step": 1, "flow": {"norms": [1, "x"]}}, shape) == "flow.norms[1]: expected a number or null, got the string 'x'"
     assert check_shape([], shape) == "expected an object, got a list"
+
+
+def test_a_filesystem_without_locks_runs_unguarded_and_never_reads_as_crashed(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run = _fake_run(tmp_path / "r", status="running")
+    with runs.RunLock(run):
+        assert runs.lock_holder(run) == {}
+    assert runs.load_run(run).status == "running"  # cannot tell it died: keep what the summary says
