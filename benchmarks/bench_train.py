@@ -14,6 +14,8 @@ full BPTT, global-norm clipping, Adam, float32, one BLAS thread. Rows, timed in 
 - + evaluation every 50 steps (the default), shown separately;
 - + diagnostics every 50 updates (gradient flow, bias, spectrum: extra work by design,
   off the hot path unless asked for);
+- cross-check, printed under the table: one diagnostics pass against one engine update,
+  alternated in short calls (less exposed to a busy machine than whole runs);
 - clip + optimizer + logging: what the trainer does per update once the engine has the
   gradient (``Trainer.apply_update``: copy into the flat gradient buffer, clip, Adam step,
   the record) plus the metrics line ``bptt train`` appends, timed alone on one fixed gradient
@@ -98,6 +100,25 @@ def update_overhead(cfg: cfgmod.Config, root: Path):
     return run
 
 
+def pass_and_update(cfg: cfgmod.Config, calls: int = 10):
+    """Two functions, ``calls`` engine updates and ``calls`` diagnostic passes as the trainer
+    runs them (from the step's own forward pass and gradient), on one batch and weights."""
+    trainer = Trainer(cfg)
+    state = trainer.initial_state()
+    b = trainer.task.train_batch(0, cfg.train.batch_size)
+
+    def update():
+        for _ in range(calls):
+            loss_and_gradients(state.params, b.x, b.targets, b.mask, "full", workspace=trainer.workspace)
+
+    def diagnose():
+        for _ in range(calls):
+            _, grads, _ = loss_and_gradients(state.params, b.x, b.targets, b.mask, "full", workspace=trainer.workspace)
+            trainer._diagnostics(state, b, None, 1, grads=grads)
+
+    return update, diagnose
+
+
 def trainer_run(cfg: cfgmod.Config, root: Path) -> None:
     d = Path(tempfile.mkdtemp(dir=root))
     execute(cfg, d)
@@ -128,6 +149,8 @@ def main() -> None:
             repeats=repeats,
             warmup=1,
         )
+        update, diagnose = pass_and_update(with_diag)
+        short = alternate({"update": update, "pass": diagnose}, repeats=15 if not args.quick else 5)
     # Every run ends with one held-out evaluation (eval_size sequences): extra work by
     # design, like diagnostics, so the logging row takes it out and shows it on its own.
     t["logging"] = t["train"] - t["one_eval"]
@@ -160,6 +183,11 @@ def main() -> None:
             "" if value is None else verdict(value <= bound),
         )
     out.print(table)
+    per_pass = (short["pass"] - short["update"]) / short["update"]
+    out.print(
+        f"cross-check in short alternation: one diagnostics pass costs {per_pass:.2f} updates of the engine, "
+        f"so every 50 updates about {1 + per_pass / 50:.3f}x the bare loop"
+    )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,9 @@ def gradient_flow(
         doubles_every   ln 2 / slope when slope > 0, else None
 
     slope, decay_per_step, halves_every and doubles_every are None with fewer than two lags of
-    non-zero norm. The adjoints run in the parameters' dtype and each lag's norms are summed
-    in float64; nothing is modified. It costs about what a ``k_truncated:max_lag`` backward
+    non-zero norm. The adjoints and their squared norms run in the parameters' dtype and the
+    norms are summed in float64 (float32 squares that overflow, past adjoints of ~1e19, send
+    the whole profile through float64 instead); nothing is modified. It costs about what a ``k_truncated:max_lag`` backward
     does: one (rows, H) @ (H, H) matmul per lag, and no gather (see ``_lag_norms``).
     """
     check_activation(activation)
@@ -115,6 +116,11 @@ def gradient_flow(
             f"{x.dtype}, got {getattr(hs, 'shape', None)} {getattr(hs, 'dtype', None)}"
         )
     lags, norms, counts = _lag_norms(params, hs, targets, mask, activation, loss, int(max_lag))
+    if hs.dtype != np.float64 and not all(math.isfinite(v) for v in norms):
+        # Squares of float32 adjoints beyond ~1e19 overflow: the whole profile again in float64.
+        p64 = {k: v.astype(np.float64) for k, v in params.items()}
+        t64 = targets.astype(np.float64) if loss == "mse" else targets
+        lags, norms, counts = _lag_norms(p64, hs.astype(np.float64), t64, mask, activation, loss, int(max_lag))
     slope = _fit_decay(lags, norms)
     out = {
         "lags": lags,
@@ -172,19 +178,19 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
     per_group = min(n, max(1, _GROUP_BYTES // (B * H * hs.itemsize)))
     G = np.empty((per_group, B, H), dtype=hs.dtype)  # the group's chains: dL_t/dh at their steps
     D = np.empty_like(G)  # dL_t/da there
-    sq = np.empty(per_group * B, dtype=hs.dtype)
-    sums = [0.0] * (J + 1)
+    sq = np.empty((J + 1, per_group * B), dtype=hs.dtype)  # ||dL_tb/dh_{t-j}||^2 of the group's rows
+    sums = np.zeros(J + 1)  # float64
     for c0 in range(0, n, per_group):
         c1 = min(c0 + per_group, n)
         g, d = G[: c1 - c0], D[: c1 - c0]
         g[...] = G0[c0:c1]
+        sq.fill(0)  # rows of chains that reached step 0 before the last lag count as 0
         first = t0 + c0  # the group's earliest chain t
         for j in range(J + 1):
             lo = max(0, j - first)  # first live chain of the group
             if lo >= c1 - c0:
                 break  # every chain of the group has reached step 0
-            live = g[lo:].reshape(-1, H)
-            sums[j] += _sum_of_row_norms(live, sq[: len(live)])
+            np.einsum("ij,ij->i", g[lo:].reshape(-1, H), g[lo:].reshape(-1, H), out=sq[j, lo * B : (c1 - c0) * B])
             lo1 = max(0, j + 1 - first)  # still live at lag j + 1
             if j == J or lo1 >= c1 - c0:
                 break
@@ -198,22 +204,13 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
             np.matmul(da.reshape(-1, H), W_hh, out=nxt[lo1:].reshape(-1, H))  # dL_t/dh_{t-j-1}
             if nxt is d:
                 g, d = d, g
+        np.sqrt(sq, out=sq)
+        sums += sq.sum(axis=1, dtype=np.float64)
     lags = list(range(J + 1))
-    return lags, [s / int(from_j[j]) for j, s in enumerate(sums)], [int(from_j[j]) for j in lags]
+    return lags, [float(s) / int(from_j[j]) for j, s in enumerate(sums)], [int(from_j[j]) for j in lags]
 
 
 _GROUP_BYTES = 1 << 19  # a group's chain buffer: L2-sized work, still big matmuls
-
-
-def _sum_of_row_norms(rows: np.ndarray, sq: np.ndarray) -> float:
-    """sum_i ||rows[i]||: squares summed in the rows' dtype, the norms summed in float64; a
-    float32 square sum that overflows is redone in float64 (an inf row stays inf)."""
-    np.einsum("ij,ij->i", rows, rows, out=sq)
-    np.sqrt(sq, out=sq)
-    total = float(sq.sum(dtype=np.float64))
-    if not math.isfinite(total) and rows.dtype != np.float64:
-        total = float(np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64)).sum())
-    return total
 
 
 def describe_decay(decay: float | None) -> str:
