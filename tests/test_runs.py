@@ -289,4 +289,4 @@ def test_a_filesystem_without_locks_runs_unguarded_and_never_reads_as_crashed(tm
     run = _fake_run(tmp_path / "r", status="running")
     with runs.RunLock(run):
         assert runs.lock_holder(run) == {}
-    assert runs.load_run(run).status == "running"  # cannot tell it died: keep what the summary says
+        assert runs.load_run(run).status == "running"  # cannot tell whether it died: keep what the summary says
