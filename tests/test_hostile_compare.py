@@ -437,3 +437,43 @@ def test_dask_ctrl_c_stops_running_variants_and_compare_json_says_so(tmp_path, c
             assert read_logs(path / vid)["metrics"][-1]["step"] == s["steps_done"]
         else:
             assert not (path / vid).exists()
+
+
+def test_a_dask_worker_killed_mid_variant_leaves_the_logs_of_an_uninterrupted_run(tmp_path, cluster):
+    """Dask runs the variant again on another worker when its worker dies; the same call then
+    finds the checkpoint and resumes from it (logs cut back to it) instead of appending a
+    second copy from step 1. (Last in this module: it kills one of the cluster's workers.)"""
+    distributed = pytest.importorskip("distributed")
+    overrides = (*SMALL, "train.steps=2000", "train.eval_every=200", "train.checkpoint_every=100", "name=hostile-dask-kill")
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bptt_cli", "compare", str(DELAY), "--runs-root", "runs", "--modes", "k_truncated:2",
+             *sets(*overrides), "--scheduler", cluster.scheduler_address, "-q"],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + DASK_TIMEOUT
+        metrics = tmp_path / "runs" / "hostile-dask-kill"
+        while not any(p.read_bytes().count(b"\n") > 150 for p in metrics.glob("compare-*/*/metrics.jsonl")):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the variant did not get going within the timeout"
+            time.sleep(0.05)
+        with distributed.Client(cluster.scheduler_address, timeout="20s") as client:
+            (addr,) = [a for a, keys in client.processing().items() if keys]
+            pid = client.run(os.getpid, workers=[addr])[addr]
+            os.kill(pid, signal.SIGKILL)
+        (path,) = sorted(metrics.glob("compare-*"))
+        killed_at = read_logs(path / "k_truncated-2_seed0")["metrics"][-1]["step"]
+        assert proc.wait(timeout=DASK_TIMEOUT) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert killed_at < 2000  # the kill came mid-run
+    d = path / "k_truncated-2_seed0"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed"] >= 1, summary
+    (v,) = cmp.read_plan(path)[0]
+    cmp.run_variant(v.config, str(tmp_path / "reference"))
+    assert read_logs(d) == read_logs(tmp_path / "reference")
