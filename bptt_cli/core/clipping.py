@@ -6,6 +6,11 @@ Modes:
                     Mikolov & Bengio 2013); keeps the direction
     per_param_norm  the same, separately for each parameter
     value           each entry into [-c, c] (min-char-rnn); changes the direction
+
+``clip`` returns clipped copies and leaves its input alone; ``clip_in_place`` clips a
+gradient held in an ``optim.Flat`` (one buffer per dtype), as the trainer does on every
+update, with a few calls over the buffers and no temporaries. Both give the same numbers and
+the same ``ClipRecord``; the norms are accumulated in float64 whatever the dtype.
 """
 
 from __future__ import annotations
