@@ -457,8 +457,9 @@ def _identity_gradients(params: dict, x, hs, dy, C: int, W: int, ws: Workspace) 
     Mp = ws.get("powers", (L, H, H), dt)  # Mp[j] = M^j, j >= 1
     if L > 1:
         Mp[1] = M
-    for j in range(2, L):
-        np.matmul(Mp[j - 1], M, out=Mp[j])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+        for j in range(2, L):
+            np.matmul(Mp[j - 1], M, out=Mp[j])
     if L > 1 and not np.isfinite(Mp[L - 1]).all():
         return None
     Etm = ws.get("id_time", (G * L, B, H), dt)  # time-major rows: e_t, later A_t
@@ -638,8 +639,8 @@ def chunked_pass(
     run the chain of ``_chain_gradients`` over their own steps; overlapping windows (W > C)
     run ``_window_gradients``, which keeps the W_hh of the last W // C + 2 chunks in a ring::
 
-        tbptt:2:5   chunks  [0 1|2 3|4 5|6 7]
-                    chunk 3's window       3 4 5|6 7    steps 3 .. 5 with chunk 1's and 2's W_hh
+        tbptt:2:5   steps             0 1|2 3|4 5|6 7     chunks of C = 2, windows of W = 5
+                    chunk 3's window:       3|4 5|6 7     steps 3 .. 5 with chunk 1's and 2's W_hh
     """
     tr = parse(truncation)
     check_activation(activation)
