@@ -24,7 +24,9 @@ steps, and the gradient of each chunk's losses runs back W steps from the chunk'
     tbptt:4:6 (C = 4, W = 6): chunk [4..7] sees back to step 2; chunk [8..9] to step 6
 
 The engine (``bptt.py``) runs W == C modes as one backward chain cut at chunk starts, and
-W > C modes (overlapping windows) as one sweep per lag j = 0 .. W-1 over all chunks at once.
+W > C modes (overlapping windows) as one sweep per lag j = 0 .. W-1 over the chunks of a span
+of steps at once, span by span; with the identity activation and W a multiple of C, as
+three passes of one matvec per step using powers of W_hh.
 """
 
 from __future__ import annotations
