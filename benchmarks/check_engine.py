@@ -3,6 +3,8 @@
     python benchmarks/check_engine.py            # 400 random trials, float64, rel err < 1e-9
     python benchmarks/check_engine.py --trials 50
 
+Also ``chunked_pass`` (``update_every: chunk``) without updates: its per-chunk gradients,
+weighted by each chunk's supervised entries, must add up to the same reference gradient.
 Independent of the engine's vectorisation: the gradients come from the definitional
 reference of ``bptt_cli.core.gradcheck`` (for each loss step t, re-run f(t) .. t from a
 constant h_{f(t)-1} and backpropagate L_t alone, per-step outer products), the loss and
@@ -117,6 +119,20 @@ def main() -> int:
             fails += 1
             bad = {k: f"{val:.1e}" for k, val in errs.items() if val > 1e-9}
             print(f"FAIL trial {trial}: T={T} B={B} I={I} H={H} O={O} {spec} {act} {loss}: {bad}")
+        # chunked_pass without updates: its chunk gradients, weighted by each chunk's supervised
+        # entries, add up to the sequence's gradient (the chunk losses are chunk means).
+        chunks = []
+        bptt.chunked_pass(params, x, targets, mask, spec, lambda i, L, gc: chunks.append((i, L, gc)),
+                          activation=act, loss=loss, h0=h0, workspace=ws)
+        C = bptt.parse(spec).chunk_length(T)
+        weight = {i: mask[i * C : (i + 1) * C].sum() / mask.sum() for i, _, _ in chunks}
+        for k in KEYS:
+            summed = sum(weight[i] * gc[k] for i, _, gc in chunks)
+            e_chunk = np.abs(summed - gr[k]).max() / max(np.abs(gr[k]).max(), 1e-12)
+            worst = max(worst, e_chunk)
+            if e_chunk > 1e-9:
+                fails += 1
+                print(f"FAIL trial {trial}: chunked_pass {spec} {act} {loss}: sum of chunk grads {k} off by {e_chunk:.1e}")
         # A later call must not overwrite the gradients returned earlier.
         loss_and_gradients(params, x * 0.5, targets, mask, spec, activation=act, loss=loss, workspace=ws)
         for k in KEYS:
