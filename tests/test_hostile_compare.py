@@ -439,6 +439,37 @@ def test_dask_ctrl_c_stops_running_variants_and_compare_json_says_so(tmp_path, c
             assert not (path / vid).exists()
 
 
+def test_dask_variants_stop_when_the_compare_client_is_killed(tmp_path, cluster):
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bptt_cli", "compare", str(DELAY), "--runs-root", "runs", "--modes", "full,k_truncated:2",
+             *sets(*SMALL, "train.steps=10000000", "train.eval_every=1000", "name=hostile-dask-orphan"),
+             "--scheduler", cluster.scheduler_address, "-q"],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + DASK_TIMEOUT
+        while len([p for p in tmp_path.glob("runs/*/compare-*/*/metrics.jsonl") if p.stat().st_size > 0]) < 2:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the variants did not start within the timeout"
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no Ctrl-C handling, no stop flag set by the client
+        proc.wait(timeout=DASK_TIMEOUT)
+        (path,) = sorted(tmp_path.glob("runs/hostile-dask-orphan/compare-*"))
+        summaries = [path / vid / "summary.json" for vid in ("full_seed0", "k_truncated-2_seed0")]
+        # The tasks see themselves released by the scheduler and stop after their current step.
+        while not all(json.loads(s.read_text()).get("status") == "interrupted" for s in summaries):
+            assert time.monotonic() < deadline + DASK_TIMEOUT, [json.loads(s.read_text()).get("status") for s in summaries]
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    for s in summaries:
+        assert read_logs(s.parent)["metrics"][-1]["step"] == json.loads(s.read_text())["steps_done"]
+
+
 def test_a_dask_worker_killed_mid_variant_leaves_the_logs_of_an_uninterrupted_run(tmp_path, cluster):
     """Dask runs the variant again on another worker when its worker dies; the same call then
     finds the checkpoint and resumes from it (logs cut back to it) instead of appending a

@@ -186,8 +186,22 @@ class DaskStop:
         now = time.monotonic()
         if not self._set and now - self._checked >= self.interval:
             self._checked = now
-            self._set = bool(self._get().is_set())
+            self._set = _task_abandoned() or bool(self._get().is_set())
         return self._set
+
+
+def _task_abandoned() -> bool:
+    """On a Dask worker: the task running in this thread was cancelled or released, as when the
+    client that submitted it is gone (killed with -9, say), so nobody will read its result and a
+    later --resume would race it. Dask cannot stop a running task; the task stops itself."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        ts = worker.state.tasks.get(worker.get_current_task())
+    except Exception:  # not on a worker, or another version's internals: rely on the event
+        return False
+    return ts is None or ts.state in ("cancelled", "released", "forgotten")
 
 
 class ProcessPerTaskExecutor(Executor):
