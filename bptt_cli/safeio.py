@@ -137,7 +137,7 @@ def _no_control_strings(value: Any, where: str) -> None:
 
 def parse_json(text: str, where: str) -> Any:
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise UnsafeFile(f"{where}: nested too deeply") from None
     except ValueError as e:
@@ -149,6 +149,9 @@ def parse_json(text: str, where: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN and Infinity are not JSON
 
 
 def read_json(path: Path, shape: Any = None, limit: int = MAX_SMALL) -> Any:
@@ -231,8 +234,70 @@ def _wanted(shape: Any) -> str:
     return "a list" if kind == "list" else "an object"
 
 
+_SIMPLE = {"int": frozenset({int}), "num": frozenset({int, float}), "str": frozenset({str}), "bool": frozenset({bool})}
+_MISSING = object()
+
+
+def _types(shape: Any) -> frozenset | None:
+    """The exact types a simple shape admits (``type(True)`` is bool, so booleans are never
+    numbers), or None for a shape that needs a walk."""
+    if isinstance(shape, str):
+        return _SIMPLE.get(shape)
+    if isinstance(shape, tuple) and shape[0] in ("opt", "req"):
+        inner = _types(shape[1])
+        return None if inner is None else inner | {type(None)} if shape[0] == "opt" else inner
+    return None
+
+
+def _compile(shape: Any):
+    """A fast yes/no test for ``shape`` (a log may hold a million records); the slow walk
+    below runs only for a record that fails, to say where."""
+    types = _types(shape)
+    if types is not None:
+        return lambda v: type(v) in types
+    if shape == "any":
+        return lambda v: True
+    if isinstance(shape, dict):
+        items = [(k, _compile(s), isinstance(s, tuple) and s[0] == "req") for k, s in shape.items()]
+
+        def record(v: Any) -> bool:
+            if type(v) is not dict:
+                return False
+            for k, ok, required in items:
+                x = v.get(k, _MISSING)
+                if x is _MISSING:
+                    if required:
+                        return False
+                elif not ok(x):
+                    return False
+            return True
+
+        return record
+    kind, inner = shape
+    f = _compile(inner)
+    if kind == "opt":
+        return lambda v: v is None or f(v)
+    if kind == "req":
+        return f
+    if kind == "list":
+        return lambda v: type(v) is list and all(map(f, v))
+    return lambda v: type(v) is dict and all(map(f, v.values()))  # "map"
+
+
+_COMPILED: dict[int, tuple[Any, Any]] = {}
+
+
 def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
     """None when ``value`` has ``shape``, else a short sentence naming the first key that does not."""
+    hit = _COMPILED.get(id(shape))
+    if hit is None or hit[0] is not shape:
+        hit = _COMPILED[id(shape)] = (shape, _compile(shape))
+    if hit[1](value):
+        return None
+    return _explain(value, shape, where)
+
+
+def _explain(value: Any, shape: Any, where: str = "") -> str | None:
     at = f"{where}: " if where else ""
     if isinstance(shape, str):
         ok, _ = _TYPES[shape]
@@ -242,7 +307,7 @@ def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
             return f"{at}expected an object, got {_describe(value)}"
         for k, s in shape.items():
             if k in value:
-                p = check_shape(value[k], s, f"{where}.{k}" if where else k)
+                p = _explain(value[k], s, f"{where}.{k}" if where else k)
                 if p:
                     return p
             elif isinstance(s, tuple) and s[0] == "req":
@@ -250,17 +315,17 @@ def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
         return None
     kind, inner = shape
     if kind == "req":
-        return check_shape(value, inner, where)
+        return _explain(value, inner, where)
     if kind == "opt":
         if value is None:
             return None
-        problem = check_shape(value, inner, where)
+        problem = _explain(value, inner, where)
         return f"{at}expected {_wanted(shape)}, got {_describe(value)}" if problem and isinstance(inner, str) else problem
     if kind == "list":
         if not isinstance(value, list):
             return f"{at}expected a list, got {_describe(value)}"
         for i, x in enumerate(value):
-            p = check_shape(x, inner, f"{where}[{i}]")
+            p = _explain(x, inner, f"{where}[{i}]")
             if p:
                 return p
         return None
@@ -268,7 +333,7 @@ def check_shape(value: Any, shape: Any, where: str = "") -> str | None:
         if not isinstance(value, dict):
             return f"{at}expected an object, got {_describe(value)}"
         for k, x in value.items():
-            p = check_shape(x, inner, f"{where}.{k}" if where else k)
+            p = _explain(x, inner, f"{where}.{k}" if where else k)
             if p:
                 return p
         return None
