@@ -24,7 +24,7 @@ import json
 import subprocess
 import sys
 
-import _common  # noqa: F401  (sets up the import path for the child too)
+import _common  # sets up the import path (the child gets it from ROOT)
 from rich.table import Table
 
 CHILD = r"""

@@ -39,14 +39,19 @@ import numpy as np
 from rich.table import Table
 
 from bptt_cli.core import bptt
-from bptt_cli.core.bptt import Workspace, chunked_pass, forward_and_loss, loss_and_gradients
+from bptt_cli.core.bptt import (
+    Workspace,
+    chunked_pass,
+    forward_and_loss,
+    loss_and_gradients,
+)
 
 MODES = ("full", "k_truncated:5", "k_truncated:20", "subsequence:5", "subsequence:20", "tbptt:5:20")
 
 
 def textbook_k_truncated(params, x, targets, mask, K, ws):
     """k_truncated:K the plain way: one backward chain per loss step, per-step outer products."""
-    T, B, I = x.shape
+    T = x.shape[0]
     loss, hs, dy = forward_and_loss(params, x, targets, mask, None, "tanh", "cross_entropy", ws)
     dy = dy.transpose(1, 2, 0)  # (T, B, O) view of the engine's class-major dL/dy
     W_hh, W_hy = params["W_hh"], params["W_hy"]

@@ -122,7 +122,7 @@ def main() -> int:
         # chunked_pass without updates: its chunk gradients, weighted by each chunk's supervised
         # entries, add up to the sequence's gradient (the chunk losses are chunk means).
         chunks = []
-        bptt.chunked_pass(params, x, targets, mask, spec, lambda i, L, gc: chunks.append((i, L, gc)),
+        bptt.chunked_pass(params, x, targets, mask, spec, lambda i, L, gc, chunks=chunks: chunks.append((i, L, gc)),
                           activation=act, loss=loss, h0=h0, workspace=ws)
         C = bptt.parse(spec).chunk_length(T)
         weight = {i: mask[i * C : (i + 1) * C].sum() / mask.sum() for i, _, _ in chunks}

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from bptt_cli.core import bptt
 from bptt_cli.core.errors import InvalidInputError
 
@@ -37,7 +37,7 @@ def test_chunked_pass_with_a_shared_workspace_matches_replay(spec):
         lr = 0.05
         seen = []
 
-        def on_chunk(index, loss, grads, p=p, seen=seen):
+        def on_chunk(index, loss, grads, p=p, seen=seen, lr=lr):
             seen.append((index, loss, {k: grads[k].copy() for k in KEYS}))
             for k in KEYS:
                 p[k] -= lr * grads[k]
@@ -206,7 +206,7 @@ def test_identity_powers_that_overflow_fall_back_to_the_sweep():
     m[:] = 0
     m[5] = 1
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
-    f32 = lambda a: a.astype(np.float32)  # noqa: E731
+    f32 = lambda a: a.astype(np.float32)
     _, g, _ = bptt.loss_and_gradients(p32, f32(x), f32(tg), f32(m), "k_truncated:70", activation="identity",
                                       loss="mse")
     _, g_r = ref.gradients(p, x, tg, m, "k_truncated:70", "identity", "mse")

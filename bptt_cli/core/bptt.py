@@ -22,7 +22,8 @@ dW_hh = A^T [h_{-1} .. h_{T-2}], dW_xh = A^T x, db_h = sum A.
 How it is vectorised
 --------------------
 Every mode is "chunks of C steps whose losses look back W steps from the chunk's last step"
-(see ``truncation.py``). Two loops cover them, and Python never iterates over (t, s) pairs:
+(see ``truncation.py``). Two loops cover them (and a shortcut for the identity activation,
+below), and Python never iterates over (t, s) pairs:
 
     W == C   full (C = T), subsequence:K, tbptt:K:K
              ONE backward chain t = T-1 .. 0, cut at every chunk start: a chunk's windows all
@@ -60,7 +61,7 @@ the W_hh each earlier step ran with for windows that reach back into earlier chu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -588,9 +589,8 @@ def loss_and_gradients(
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
     ws = workspace if workspace is not None else Workspace()
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H = params["W_hh"].shape[0]
-    O = params["W_hy"].shape[0]
     dt = x.dtype
 
     value, hs, dy = forward_and_loss(params, x, targets, mask, h0, activation, loss, ws)
@@ -646,7 +646,7 @@ def chunked_pass(
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
     ws = workspace if workspace is not None else Workspace()
-    T, B, I = x.shape
+    T, B, _ = x.shape
     H = params["W_hh"].shape[0]
     O = params["W_hy"].shape[0]
     dt = x.dtype

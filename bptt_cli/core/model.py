@@ -81,7 +81,7 @@ class RNN:
         spectral_radius: float = 1.0,
         seed: int = 0,
         dtype=np.float32,
-    ) -> "RNN":
+    ) -> RNN:
         """Fresh parameters.
 
         ``W_hh`` is ``orthogonal`` (rho * Q, Q orthogonal, so every eigenvalue has modulus
