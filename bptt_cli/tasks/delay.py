@@ -22,7 +22,7 @@ class DelayTask(Task):
     description = "Echo: output the symbol seen `delay` steps ago (dependency length = delay)."
     params = (
         Param("vocab", 8, "number of symbols (one-hot input and output size)", int, low=2, high=MAX_SYMBOLS),
-        Param("delay", 5, "steps between a symbol and its echo; must be < length", int, low=0),  # < length <= MAX
+        Param("delay", 5, "steps between a symbol and its echo; must be < length", int, low=0, high=MAX_LENGTH - 1),
         Param("length", 30, "sequence length T", int, low=1, high=MAX_LENGTH),
     )
     loss = "cross_entropy"
