@@ -387,19 +387,23 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
     return buf.getvalue()
 
 
-def _write_ids(f, chunks: Chunks, codes: np.ndarray, n: int, where: str) -> tuple[np.ndarray, int, str, int]:
-    """An .npy of the ids written to ``f`` as they are made: (cum, stride, sha256, header bytes)."""
+def _write_ids(
+    f, chunks: Chunks, codes: np.ndarray, n: int, where: str, durable: bool = True
+) -> tuple[np.ndarray, int, str, int]:
+    """An .npy of the ids written to ``f`` as they are made: (cum, stride, sha256, header bytes).
+    ``durable``: fsync before returning (a cache file must be complete on disk before its rename)."""
     header = _npy_header(ids_dtype(len(codes)), n)
     f.write(header)
     cum, stride, sha = encode(chunks(), codes, n, lambda ids: f.write(ids.tobytes()), where)
     f.flush()
-    os.fsync(f.fileno())
+    if durable:
+        os.fsync(f.fileno())
     return cum, stride, sha, len(header)
 
 
 def _build_temp(chunks: Chunks, key: str, codes: np.ndarray, n: int, where: str) -> Corpus:
     with tempfile.TemporaryFile(prefix="bptt-text-") as f:  # unlinked: gone when unmapped
-        cum, stride, sha, offset = _write_ids(f, chunks, codes, n, where)
+        cum, stride, sha, offset = _write_ids(f, chunks, codes, n, where, durable=False)
         _check_same(sha, key, where)
         ids = np.memmap(f, dtype=ids_dtype(len(codes)), mode="r", offset=offset, shape=(n,))
     return Corpus(np.asarray(ids), codes, key, cum, stride, "temp")
