@@ -81,6 +81,13 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         started = previous.get("started", _now())
         resumed = previous.get("resumed", 0) + 1
     else:
+        # Checked under the lock: two new runs claiming one empty folder at once, or a retry
+        # of a run that already wrote, must not write into each other's logs.
+        taken = sorted(p.name for p in run_dir.iterdir() if p.name != runs.LOCK) if run_dir.is_dir() else []
+        if taken:
+            raise runs.RunError(
+                f"{run_dir} already holds a run ({', '.join(taken[:3])}); pick a new folder, or use --resume {run_dir} to continue it"
+            )
         writer.write_config(dump_yaml(_with_absolute_path(cfg)))
         state = trainer.initial_state()
         writer.checkpoint(state.to_arrays())  # so even a run killed in its first steps can resume

@@ -688,3 +688,12 @@ def test_any_json_in_a_run_reads_and_renders_without_raising(base_run, tmp_path_
     console.print(render.run_report(loaded))
     console.print(render.summary_panel(loaded.summary))
     shutil.rmtree(run)
+
+
+def test_a_new_run_into_a_folder_that_already_holds_one_is_refused_under_the_lock(w):
+    """Two `train --run-dir D` that both found D empty: the second to take the lock must not
+    write into the first's logs."""
+    before = {p.name: p.read_bytes() for p in w.run.iterdir() if p.is_file()}
+    with pytest.raises(runs.RunError, match="already holds a run"):
+        execute(load_config(None, list(SMALL)), w.run)
+    assert {p.name: p.read_bytes() for p in w.run.iterdir() if p.is_file()} == before
