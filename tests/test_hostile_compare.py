@@ -250,6 +250,15 @@ def test_unbounded_planning_is_refused_before_anything_is_written(invoke, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_grid_point_that_cannot_fit_in_memory_is_refused_before_anything_is_written(invoke, tmp_path):
+    budget = pytest.importorskip("bptt_cli.budget")
+    if not hasattr(budget, "check_budget"):
+        pytest.skip("no memory budget check")
+    result = invoke("compare", DELAY, "--runs-root", tmp_path / "runs", *sets(*TINY), "--modes", "full", "--grid", "model.hidden=8,300000")
+    user_error(result, "variant full {'model.hidden': 300000} seed 0: model.hidden", "lower model.hidden")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_cli_refuses_a_huge_seed_count_in_a_fresh_process_quickly():
     """The same refusal from the command line, under the subprocess timeout (no list is built)."""
     proc = subprocess.run(

@@ -7,6 +7,13 @@ Every variant is an ordinary run in its own directory under the compare director
         <variant id>/               an ordinary run directory (bptt show works on it)
         compare.json, compare.csv   one row per variant and one aggregated row per mode/grid point
 
+Everything read back from a compare directory is untrusted: plan.json is size-limited and
+type-checked, its configs re-validated, and every variant id must be a plain name whose
+directory is a real folder directly inside the compare directory, all checked before anything
+is created, run or deleted. Planning is bounded (``MAX_VARIANTS``). A variant decides from its
+own directory whether to start, resume or stand (so a Dask retry never duplicates logs), and
+stops after its current step when asked, or when the process or client that started it is gone.
+
 The package is cut along its three seams, each importing only those before it: ``plan``
 (parsing --modes/--seeds/--grid, the variants, the compare directory and its plan file),
 ``executors`` (running variants in this process, a process each, or on Dask) and

@@ -447,9 +447,12 @@ def execute_all(
     while pending:
         if stop() and not stopping:
             stopping = True
-            if remote_stop is not None:
-                remote_stop.set()
-            else:
+            try:
+                if remote_stop is not None:
+                    remote_stop.set()
+            except Exception:  # the scheduler is gone: cancel what can be cancelled, as below
+                remote_stop = None
+            if remote_stop is None:
                 for f in pending:
                     f.cancel()
             if isinstance(executor, ProcessPerTaskExecutor):

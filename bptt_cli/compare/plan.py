@@ -160,13 +160,15 @@ def plan(
             for seed in seeds:
                 overrides = [f"truncation.mode={mode}", "truncation.update_every=auto", f"seed={seed}"]
                 overrides += [f"{k}={_yaml_value(v)}" for k, v in point.items()]
+                where = " ".join(["variant", mode, *([str(point)] if point else []), f"seed {seed}"])
                 try:
                     cfg = cfgmod.from_dict(data, overrides, source="compare variant")
                 except cfgmod.ConfigError as e:
-                    raise CompareError(f"variant {mode} {point or ''} seed {seed}: {e}") from None
+                    raise CompareError(f"{where}: {e}") from None
                 if budget == "updates":
                     cfg = _equal_updates(cfg, cfg.train.steps)  # the variant's own steps: a grid may set them
-                _check_budget(cfg, f"variant {mode} {point or ''} seed {seed}")
+                if seed == seeds[0]:  # the seed changes neither memory nor the number of updates
+                    _check_budget(cfg, where)
                 vid = _variant_id(mode, point, seed)
                 variants.append(Variant(vid, mode, point, seed, cfgmod.to_dict(cfg)))
     return variants
