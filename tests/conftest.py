@@ -25,6 +25,13 @@ SMALL_TEXT = (*SMALL_TRAIN, "task.name=text", "task.length=10", "task.n_sentence
 TIME_KEYS = ("time",)
 
 
+@pytest.fixture(autouse=True)
+def _private_text_cache(tmp_path_factory, monkeypatch):
+    """The text task caches encoded corpora (``BPTT_CACHE_DIR``, else ~/.cache/bptt): tests
+    keep theirs in one temporary folder per session, never in the user's home."""
+    monkeypatch.setenv("BPTT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bptt-cache"))
+
+
 @pytest.fixture
 def small() -> list[str]:
     """``--set`` overrides (also ``load_config`` overrides) for a tiny, fast run."""

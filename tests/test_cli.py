@@ -137,7 +137,7 @@ BAD_FILES = {
     "bad-truncation": ("truncation:\n  mode: tbptt:8:4\n", [], ["truncation.mode", "valid forms", "k_truncated:K", "tbptt:K1:K2"]),
     "unknown-truncation": ("truncation: trunc:3\n", [], ["truncation", "valid forms", "subsequence:K"]),
     "unknown-task": ("task:\n  name: delai\n", [], ["bad.yaml:2:3", "task.name", "unknown task 'delai'", "did you mean 'delay'?"]),
-    "bad-task-param": ("task:\n  name: delay\n  delay: -1\n", [], ["bad.yaml:3:3", "task.delay", "delay >= 0"]),
+    "bad-task-param": ("task:\n  name: delay\n  delay: -1\n", [], ["bad.yaml:3:3", "task.delay", "0 <= delay"]),
     "unknown-task-param": ("task:\n  name: delay\n  dealy: 3\n", [], ["task.dealy", "did you mean task.delay?"]),
     "not-a-mapping": ("- 1\n- 2\n", [], ["bad.yaml:1:1", "top level must be a mapping"]),
     "empty": ("", [], ["bad.yaml", "empty"]),
