@@ -188,6 +188,8 @@ CONFIGS = {
     "nul": b"name: a\x00b\n",
     "escape": b"name: \x1b[31mred\n",
     "unknown-key": b"name: x\nmodel: {hiden: 8}\n",
+    "huge": b"name: x\n" + b"#" * safeio.MAX_SMALL,
+    "deep": b"a: " + b"[" * 20_000 + b"]" * 20_000 + b"\n",
 }
 
 
@@ -368,6 +370,14 @@ def test_an_object_array_in_a_checkpoint_is_refused_never_unpickled(w, invoke):
 def test_a_checkpoint_member_with_a_path_name_is_refused(w, invoke):
     (w.run / "checkpoint.npz").write_bytes(_npz({"../../evil.npy": _npy_header((1,)) + bytes(8)}))
     _resume_refused(w, invoke, "is not an array of a checkpoint")
+
+
+def test_a_symlinked_checkpoint_is_not_followed(w, invoke):
+    real = w.outside / "checkpoint.npz"
+    shutil.copy(w.run / "checkpoint.npz", real)
+    (w.run / "checkpoint.npz").unlink()
+    (w.run / "checkpoint.npz").symlink_to(real)
+    _resume_refused(w, invoke, "checkpoint.npz", "symlink")
 
 
 def test_a_fifo_as_checkpoint_does_not_hang(w):
