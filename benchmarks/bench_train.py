@@ -6,7 +6,8 @@
 Config A's sizes (B=32, T=100, H=128, I=O=10: the delay task with 10 symbols, T=100),
 full BPTT, global-norm clipping, Adam, float32, one BLAS thread. Rows, timed in alternation:
 
-- bare engine loop: task batch -> loss_and_gradients -> clip -> optimizer step, nothing else;
+- bare engine loop: task batch -> loss_and_gradients -> clip -> optimizer step over the flat
+  buffers, as the trainer runs them, nothing else;
 - bptt train: ``session.execute`` as ``bptt train`` runs it: the trainer's events, a
   metrics.jsonl line per update flushed, checkpoints, summary, with evaluation only at the
   end (eval_every 0); the logging row subtracts that one evaluation (timed on its own in
@@ -14,12 +15,12 @@ full BPTT, global-norm clipping, Adam, float32, one BLAS thread. Rows, timed in 
 - + evaluation every 50 steps (the default), shown separately;
 - + diagnostics every 50 updates (gradient flow, bias, spectrum: extra work by design,
   off the hot path unless asked for);
-- cross-check, printed under the table: one diagnostics pass against one engine update,
-  alternated in short calls (less exposed to a busy machine than whole runs);
 - clip + optimizer + logging: what the trainer does per update once the engine has the
   gradient (``Trainer.apply_update``: copy into the flat gradient buffer, clip, Adam step,
   the record) plus the metrics line ``bptt train`` appends, timed alone on one fixed gradient
-  and set against the bare loop's time per update.
+  and set against the bare loop's time per update;
+- cross-check, printed under the table: one diagnostics pass against one engine update,
+  alternated in short calls (less exposed to a busy machine than whole runs).
 
 Targets: trainer + logging overhead at most 10% over the bare loop (issue 7); diagnostics
 every 50 updates at most 1.15x the same run without them, and clip + optimizer + logging at
