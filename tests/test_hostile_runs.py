@@ -707,3 +707,17 @@ def test_a_new_run_into_a_folder_that_already_holds_one_is_refused_under_the_loc
     with pytest.raises(runs.RunError, match="already holds a run"):
         execute(load_config(None, list(SMALL)), w.run)
     assert {p.name: p.read_bytes() for p in w.run.iterdir() if p.is_file()} == before
+
+
+def test_plot_of_a_compare_directory_skips_a_damaged_variant(w, invoke, small):
+    sets = [a for s in small for a in ("--set", s)]
+    code, _, err = w.bptt("compare", "--modes", "full,k_truncated:2", *sets, "--workers", "1", "--runs-root", w.root / "cmp", "-q", invoke=invoke)
+    assert code == 0, err
+    (cmp_dir,) = [p.parent for p in (w.root / "cmp").rglob("plan.json")]
+    variants = sorted(p.parent for p in cmp_dir.rglob("config.yaml"))
+    assert len(variants) == 2
+    (variants[0] / "config.yaml").write_bytes(b"- not\n- a config\n")
+    code, _, err = w.bptt("plot", cmp_dir, invoke=invoke)
+    msgs = messages(err)
+    assert code == 0 and len(msgs) == 2, msgs
+    assert msgs[0].startswith(f"skipping {variants[0]}") and msgs[1].startswith("wrote")
