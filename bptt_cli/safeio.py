@@ -16,8 +16,8 @@ somewhere else or crafted to exhaust memory. Every reader here:
 
 Each refusal is an :class:`UnsafeFile` naming the file: one line for the user, exit 2.
 
-Writes live in ``runs.py``; the helpers at the bottom (``umask``, ``open_append``,
-``open_no_follow``) are the pieces they share: files follow the user's umask and a write never
+Writes live in ``runs.py``; the helpers at the bottom (``umask``, ``file_mode``,
+``open_append``) are the pieces they share: files follow the user's umask and a write never
 follows a symlink to somewhere else.
 """
 
@@ -125,14 +125,15 @@ def _no_control_strings(value: Any, where: str) -> None:
     stack = [value]
     while stack:
         v = stack.pop()
-        if isinstance(v, str):
-            check_text(v, where)
-        elif isinstance(v, dict):
-            for k, x in v.items():
-                check_text(k, where)
-                stack.append(x)
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
         elif isinstance(v, list):
             stack.extend(v)
+        elif isinstance(v, str):
+            m = _CONTROL.search(v)
+            if m:
+                raise UnsafeFile(f"{where}: a string holds control character {ord(m.group()):#04x}, which is not allowed")
 
 
 def parse_json(text: str, where: str) -> Any:
