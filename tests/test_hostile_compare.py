@@ -320,11 +320,18 @@ def test_a_variant_without_checkpoint_starts_again_without_following_links(tmp_p
     d.mkdir(parents=True)
     (d / "config.yaml").write_text("leftover: true\n")  # killed before its first checkpoint
     (d / "metrics.jsonl").symlink_to(target / "metrics.jsonl")  # a log that points elsewhere
-    (d / "notes.txt").write_text("mine\n")
     assert cmp.run_variant(v.config, str(d))["status"] == "completed"
     assert tree(target) == before  # the link was removed, not followed
     assert not (d / "metrics.jsonl").is_symlink() and read_logs(d)["metrics"][-1]["step"] == 6
-    assert (d / "notes.txt").read_text() == "mine\n"  # files bptt did not write are left alone
+
+    # Files bptt did not write are never deleted: such a folder is not taken for a fresh run.
+    other = tmp_path / "runs" / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("leftover: true\n")
+    (other / "notes.txt").write_text("mine\n")
+    with pytest.raises(cmp.VariantFailed, match="notes.txt"):
+        cmp.run_variant(v.config, str(other))
+    assert (other / "notes.txt").read_text() == "mine\n"
 
 
 def test_a_relative_run_dir_is_refused(tmp_path):
