@@ -131,6 +131,8 @@ def _mkdirs(path: Path, what: str) -> None:
 
 def new_run_dir(root: Path, name: str) -> Path:
     """Create ``root/name/<UTC timestamp>-<id>`` exclusively; never reuses an existing folder."""
+    if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise RunError(f"run name {name!r} must be one folder name (no '/', '..' or absolute path), so the run stays under {root}")
     parent = Path(root) / name
     _mkdirs(parent, "--runs-root folder")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -290,3 +290,11 @@ def test_a_filesystem_without_locks_runs_unguarded_and_never_reads_as_crashed(tm
     with runs.RunLock(run):
         assert runs.lock_holder(run) == {}
         assert runs.load_run(run).status == "running"  # cannot tell whether it died: keep what the summary says
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", "..", ""])
+def test_new_run_dir_keeps_the_run_under_its_root(tmp_path, name):
+    root = tmp_path / "root"
+    with pytest.raises(RunError, match="one folder name"):
+        runs.new_run_dir(root, name)
+    assert not root.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
