@@ -60,10 +60,11 @@ Every = Annotated[Int, Field(ge=0, le=MAX_COUNT)]  # an interval where 0 means "
 
 
 class _Section(BaseModel):
-    # defer_build: a model's validator is built when first used instead of at import, so a
-    # command that never validates pays nothing, and Config's one build covers the sections
-    # inside it rather than building each section's validator on its own as well.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    # Built at import, each model once (Config reuses its sections' schemas). Not defer_build:
+    # Config's default_factory sections then build their validators a second time, and
+    # importing the package plus loading the quickstart took 87-105 ms of CPU against 55-80
+    # eager (pydantic 2.13, 2026-12-02). `bptt --help` imports no config at all.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------------------------------
