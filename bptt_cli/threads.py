@@ -171,7 +171,7 @@ def choose(
     count = max(1, min(limit, work // WORK_PER_THREAD))
     per = f"{WORK_PER_THREAD // (2 if dtype == 'float64' else 1):,}"
     of = f"{cores} core{'s' if cores != 1 else ''}" + (f", {busy} busy" if busy else "")
-    if budget is not None and budget < cores - busy:
+    if budget is not None and budget < cores:
         of += f", a share of {budget}"
     return ThreadChoice(count, "auto", f"B*H*H={batch * hidden * hidden:,}, one thread per {per}; {of}")
 
