@@ -282,3 +282,19 @@ def test_sort_keys_in_the_help_are_renders():
     from bptt_cli import cli, render
 
     assert cli.SORT_KEYS == render.SORT_KEYS
+
+
+def test_dask_workers_share_their_cores_among_their_threads(tmp_path, clean_env):
+    """A Dask worker running 2 tasks at once gives each variant half of its cores."""
+    distributed = pytest.importorskip("distributed")
+    from bptt_cli.compare import run_variant
+    from bptt_cli.config import to_dict
+
+    cores = threads.available_cores()
+    cfg = to_dict(load_config(None, [*SMALL, "model.hidden=256", "model.init=gaussian", "train.batch_size=128", "train.steps=1", "train.eval_size=4"]))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            summary = client.submit(run_variant, cfg, str(tmp_path / "v"), pure=False).result()
+    assert summary["threads"]["count"] <= max(1, cores // 2)
+    if cores >= 2:
+        assert f"a share of {cores // 2}" in summary["threads"]["reason"], summary["threads"]
