@@ -334,6 +334,21 @@ def test_a_variant_without_checkpoint_starts_again_without_following_links(tmp_p
     assert (other / "notes.txt").read_text() == "mine\n"
 
 
+def test_a_variant_still_being_written_is_not_cleared(tmp_path):
+    from bptt_cli import runs
+
+    if not hasattr(runs, "RunLock"):
+        pytest.skip("run directories have no lock")
+    (v,) = cmp.plan(load_config(DELAY, list(TINY)), modes=["full"], seeds=[0])
+    d = tmp_path / "runs" / "v"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("written: just now\n")  # its writer has not checkpointed yet
+    with runs.RunLock(d):
+        with pytest.raises(cmp.VariantFailed, match="is being written by another process"):
+            cmp.run_variant(v.config, str(d))
+    assert (d / "config.yaml").read_text() == "written: just now\n"
+
+
 def test_a_relative_run_dir_is_refused(tmp_path):
     (v,) = cmp.plan(load_config(DELAY, list(TINY)), modes=["full"], seeds=[0])
     with pytest.raises(cmp.VariantFailed, match="run_dir must be absolute"):

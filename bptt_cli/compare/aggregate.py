@@ -107,7 +107,7 @@ def _stopped_at(s: dict) -> int | None:
     """The step where a variant that did not complete stopped."""
     if s.get("status") == "diverged":
         return (s.get("diverged_at") or {}).get("step")
-    if s.get("status") in ("interrupted", "failed", "running"):
+    if s.get("status") in ("interrupted", "failed", "running", "crashed"):
         return s.get("steps_done")
     return None
 

@@ -107,7 +107,11 @@ def _directory_state(path: Path) -> str:
     if status in DONE:
         return status
     if runs.is_run_dir(path) and (path / "checkpoint.npz").is_file():
-        return "resume"
+        return "resume"  # the run's lock (taken by execute) refuses a writer that is still alive
+    holder = getattr(runs, "lock_holder", lambda p: None)(path)
+    if holder is not None:  # alive, and about to write its first checkpoint: clear nothing of it
+        who = f" (pid {holder.get('pid')} on {holder.get('host')})" if holder else ""
+        raise CompareError(f"{path} is being written by another process{who}; refusing to start it again")
     return "fresh"
 
 
