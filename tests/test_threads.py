@@ -298,3 +298,14 @@ def test_dask_workers_share_their_cores_among_their_threads(tmp_path, clean_env)
     assert summary["threads"]["count"] <= max(1, cores // 2)
     if cores >= 2:
         assert f"a share of {cores // 2}" in summary["threads"]["reason"], summary["threads"]
+
+
+def test_resume_may_change_the_threads(invoke, tmp_path, clean_env):
+    """Threads change how fast a run goes, not what it computes: --resume takes --threads."""
+    cfg = load_config(None, [*SMALL, "train.threads=2"])
+    first = execute(cfg, run_dir(tmp_path), stop=lambda: True)
+    assert first["status"] == "interrupted"
+    result = invoke("train", "--resume", tmp_path / "run", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "completed" and summary["threads"]["count"] == 1
