@@ -7,6 +7,8 @@
         diagnostics.jsonl  gradient flow, truncation bias, spectrum (when enabled)
         checkpoint.npz     parameters, optimizer state, counters, hidden state (atomic)
         summary.json       status RUNNING -> completed | diverged | interrupted | failed (atomic)
+        error.log          the traceback of an internal error (atomic; only when one happened)
+        run.lock           pid, host and start of the process writing the run (while it does)
 
 Every log line carries an explicit ``step``. Lines are never rewritten while a run goes on;
 ``truncate_logs`` (used by resume) keeps the lines up to the checkpoint's step and drops
