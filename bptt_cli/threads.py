@@ -3,7 +3,7 @@
 An RNN step is one (B, H) @ (H, H) matmul, thousands of times per update. OpenBLAS wakes its
 worker threads for each call; below a certain size the hand-off costs more than the split
 saves, and when another process holds a core a spinning worker waits for it (the quickstart
-ran 2.5-12x slower with OpenBLAS's default of one thread per core on a shared 2-core VM).
+took 2.8-4.7x as long with OpenBLAS's default of one thread per core on a shared 2-core VM).
 So the package picks the count itself, in this order:
 
     1. explicit   ``--threads N`` / ``train.threads: N``        used as given
