@@ -270,6 +270,29 @@ def test_the_cli_refuses_a_huge_seed_count_in_a_fresh_process_quickly():
     assert not Path("/nonexistent/never").exists()
 
 
+def test_a_relative_text_path_is_planned_absolute_so_resume_works_from_elsewhere(invoke, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "corpus.txt").write_text("the cat sat on the mat. the dog ran to the cat. " * 40)
+    monkeypatch.chdir(data)
+    root = tmp_path / "runs"
+    result = invoke(
+        "compare", ROOT / "configs" / "text.yaml", "--smoke", "--modes", "full", "--set", "task.path=corpus.txt",
+        "--runs-root", root, "--workers", 1, "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (path,) = sorted((root / "text").glob("compare-*"))
+    (v,) = cmp.read_plan(path)[0]
+    assert v.config["task"]["path"] == str(data / "corpus.txt")
+    for p in (path / v.id).iterdir():
+        p.unlink()
+    (path / v.id).rmdir()
+    monkeypatch.chdir(tmp_path)  # where corpus.txt is not
+    again = invoke("compare", "--resume", path, "--workers", 1, "-q")
+    assert again.exit_code == 0, again.output
+    assert json.loads((path / v.id / "summary.json").read_text())["status"] == "completed"
+
+
 # -- idempotent variants: a killed variant run again (a Dask retry) ---------------------------------
 KILLER = textwrap.dedent(
     """

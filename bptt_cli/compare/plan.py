@@ -170,8 +170,17 @@ def plan(
                 if seed == seeds[0]:  # the seed changes neither memory nor the number of updates
                     _check_budget(cfg, where)
                 vid = _variant_id(mode, point, seed)
-                variants.append(Variant(vid, mode, point, seed, cfgmod.to_dict(cfg)))
+                variants.append(Variant(vid, mode, point, seed, _absolute_paths(cfgmod.to_dict(cfg))))
     return variants
+
+
+def _absolute_paths(config: dict) -> dict:
+    """A relative ``task.path`` made absolute (against this working directory): a Dask worker,
+    or a later ``--resume`` from another folder, must read the same file."""
+    task = config.get("task")
+    if isinstance(task, dict) and isinstance(task.get("path"), str) and not os.path.isabs(task["path"]):
+        task["path"] = os.path.abspath(task["path"])
+    return config
 
 
 def _check_count(n: int, what: str) -> None:
