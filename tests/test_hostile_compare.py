@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bptt_cli import compare as cmp
-from bptt_cli.config import load_config, to_dict
+from bptt_cli.config import load_config
 
 from conftest import SMALL, one_line, read_logs  # noqa: E402  (tests/ is on sys.path under pytest)
 

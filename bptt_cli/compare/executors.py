@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import multiprocessing
 import os
 import pickle
