@@ -61,6 +61,7 @@ the W_hh each earlier step ran with for windows that reach back into earlier chu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -560,7 +561,7 @@ def forward_and_loss(params, x, targets, mask, h0, activation: str, loss: str, w
     if loss == "mse":
         targets = np.moveaxis(targets, -1, 0)  # (O, T, B), a view
     value, dy = LOSSES[loss](y, targets, mask, axis=0)  # dy (O, T, B)
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise DivergedError("loss")
     return value, hs, dy
 
@@ -678,7 +679,7 @@ def chunked_pass(
         y += params["b_y"][:, None, None]
         tg = targets[a:b] if loss == "cross_entropy" else np.moveaxis(targets[a:b], -1, 0)
         value, dy = LOSSES[loss](y, tg, mask[a:b], axis=0)  # dy (O, n, B)
-        if not np.isfinite(value):
+        if not math.isfinite(value):
             raise DivergedError("loss")
         if f == a:  # the window is the chunk itself
             grads = _chain_gradients(params, x[a:b], hs[a : b + 1], dy, n, activation, ws, T)

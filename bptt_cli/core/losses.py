@@ -22,23 +22,26 @@ def cross_entropy(y: np.ndarray, targets: np.ndarray, mask: np.ndarray, *, axis:
     through flat indices target * T*B + (t*B + b) instead of a three-array fancy index.
     """
     yc = y if axis == 0 else np.moveaxis(y, axis, 0)  # (O, T, B), a view
-    peak = yc.max(axis=0)  # (T, B)
+    peak = np.maximum.reduce(yc, axis=0)  # (T, B); the ufunc itself skips ndarray.max's Python layer
     z = np.empty(yc.shape, y.dtype)  # C-contiguous whatever y's layout, so z.reshape(-1) is a view
     np.subtract(yc, peak, out=z)  # shifted for a stable exp
     zf = z.reshape(-1)
-    at_target = targets.reshape(-1) * targets.size
-    at_target += np.arange(targets.size)  # flat index of [targets[t, b], t, b]
-    shifted = zf[at_target]  # y_target - peak, (T*B,)
+    nt = targets.size
+    at_target = targets.reshape(-1) * nt
+    at_target += np.arange(nt)  # flat index of [targets[t, b], t, b]
+    logp = zf[at_target]  # y_target - peak, (T*B,)
     np.exp(z, out=z)
-    total = z.sum(axis=0)  # (T, B)
+    total = np.add.reduce(z, axis=0)  # (T, B)
     z /= total  # z is now softmax(y)
-    logp = shifted - np.log(total.reshape(-1))
+    logp -= np.log(total).reshape(-1)  # log softmax(y) at the target
     m = mask.reshape(-1)
-    n = float(m.sum(dtype=np.float64))
-    loss = -float(np.dot(m.astype(np.float64), logp.astype(np.float64))) / n
+    n = float(np.add.reduce(m, dtype=np.float64))
+    if logp.dtype != np.float64:  # accumulate in float64 whatever the run's dtype
+        m, logp = m.astype(np.float64), logp.astype(np.float64)
+    loss = -float(np.dot(m, logp)) / n
     # dL/dy = (softmax - onehot) * m / n, written into the softmax buffer
     zf[at_target] -= 1
-    z *= (mask * (1 / n)).astype(y.dtype, copy=False)
+    z *= mask * (1 / n)
     return loss, z if axis == 0 else np.moveaxis(z, 0, axis)
 
 
