@@ -10,13 +10,17 @@ So the package picks the count itself, in this order:
     2. env        OPENBLAS_NUM_THREADS, OMP_NUM_THREADS or       the user's own setting
                   MKL_NUM_THREADS set by the user
     3. auto       one thread per WORK_PER_THREAD multiply-adds  at most the cores of the
-                  of the per-step matmul, at least one          process that other processes
-                                                                are not running on right now
-                                                                (and the compare budget)
+                  of the per-step matmul, at least one          process (and the compare
+                                                                budget)
 
-Busy cores count because a BLAS call waits for its slowest thread: with one other CPU-bound
-process on a 2-core VM, a config D gradient (B=128, H=256) took 8.6 s with 2 threads and
-0.86 s with 1, and the quickstart 3.7x as long (benchmarks/bench_threads.py, 2026-12-02).
+Auto depends on the problem and the machine's cores only, never on the load of the moment:
+OpenBLAS splits a matmul differently for another thread count, which changes the last bits
+of the results, so a count that followed the load would make two runs of one config differ
+and a resume inexact. The price is paid above the threshold only: there a run that shares
+its cores with another CPU-bound job waits for its slowest thread (a config D gradient,
+B=128 H=256, took 8.6 s with 2 threads against 0.86 s with 1 beside one busy process on a
+2-core VM); pass ``--threads 1`` on a busy machine. Below the threshold (every shipped
+config) auto is 1 thread, which is both the fast and the reproducible choice.
 
 A compare running ``w`` workers gives each variant a budget of cores // w, so workers x
 threads never exceeds the cores. Its worker processes also get the BLAS variables (for
@@ -104,26 +108,6 @@ def available_cores() -> int:
     return max(1, cores)
 
 
-def busy_cores() -> int:
-    """Cores other processes are running on right now: the system's runnable threads (Linux
-    ``/proc/loadavg``) less this process's own; 0 where that cannot be read. A snapshot, not
-    the 1-minute load average, so a run started right after another does not count it."""
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        own = 0
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            own += stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R"
-        return max(0, running - max(own, 1))
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def user_env_threads(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
     """The first of BLAS_THREAD_VARS the user set to a positive whole number, as (name, value);
     those a parent bptt set for its workers (named in OWN_VARS_MARK) do not count."""
@@ -149,13 +133,12 @@ def choose(
     hidden: int,
     dtype: str = "float32",
     cores: int | None = None,
-    busy: int | None = None,
     budget: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ThreadChoice:
     """The thread count for a run whose per-step matmul is (batch, hidden) @ (hidden, hidden).
 
-    ``cores`` defaults to :func:`available_cores`, ``busy`` to :func:`busy_cores`; ``budget``
+    ``cores`` defaults to :func:`available_cores`; ``budget``
     (a compare worker's share) caps it further; ``environ`` defaults to ``os.environ``. Pure
     given all of them.
     """
@@ -165,12 +148,11 @@ def choose(
     if user is not None:
         return ThreadChoice(user[1], "env", f"{user[0]}={user[1]}")
     cores = available_cores() if cores is None else max(1, cores)
-    busy = min(cores - 1, busy_cores() if busy is None else max(0, busy))
-    limit = cores - busy if budget is None else max(1, min(cores - busy, budget))
+    limit = cores if budget is None else max(1, min(cores, budget))
     work = batch * hidden * hidden * (2 if dtype == "float64" else 1)  # float32-equivalent multiply-adds
     count = max(1, min(limit, work // WORK_PER_THREAD))
     per = f"{WORK_PER_THREAD // (2 if dtype == 'float64' else 1):,}"
-    of = f"{cores} core{'s' if cores != 1 else ''}" + (f", {busy} busy" if busy else "")
+    of = f"{cores} core{'s' if cores != 1 else ''}"
     if budget is not None and budget < cores:
         of += f", a share of {budget}"
     return ThreadChoice(count, "auto", f"B*H*H={batch * hidden * hidden:,}, one thread per {per}; {of}")

@@ -53,64 +53,29 @@ def test_small_problems_get_one_thread_even_with_many_cores():
 
 
 def test_large_problems_use_the_cores_they_are_given():
-    assert threads.choose("auto", **BIG, cores=4, busy=0, environ=NO_ENV).count == 4
+    assert threads.choose("auto", **BIG, cores=4, environ=NO_ENV).count == 4
     # One more thread per WORK_PER_THREAD multiply-adds: B*H*H of exactly 3 units gives 3.
     h = 1024
     b = 3 * threads.WORK_PER_THREAD // (h * h)
-    assert threads.choose("auto", batch=b, hidden=h, cores=8, busy=0, environ=NO_ENV).count == 3
-    assert threads.choose("auto", batch=b - 1, hidden=h, cores=8, busy=0, environ=NO_ENV).count == 2
+    assert threads.choose("auto", batch=b, hidden=h, cores=8, environ=NO_ENV).count == 3
+    assert threads.choose("auto", batch=b - 1, hidden=h, cores=8, environ=NO_ENV).count == 2
 
 
 def test_float64_counts_double():
     b, h = threads.WORK_PER_THREAD // (256 * 256), 256  # one unit in float32
-    assert threads.choose("auto", batch=b, hidden=h, cores=8, busy=0, environ=NO_ENV).count == 1
-    assert threads.choose("auto", batch=b, hidden=h, dtype="float64", cores=8, busy=0, environ=NO_ENV).count == 2
+    assert threads.choose("auto", batch=b, hidden=h, cores=8, environ=NO_ENV).count == 1
+    assert threads.choose("auto", batch=b, hidden=h, dtype="float64", cores=8, environ=NO_ENV).count == 2
 
 
-def test_cores_other_processes_run_on_are_not_taken():
-    assert threads.choose("auto", **BIG, cores=8, busy=3, environ=NO_ENV).count == 5
-    c = threads.choose("auto", **BIG, cores=2, busy=1, environ=NO_ENV)
-    assert c.count == 1 and "1 busy" in c.reason
-    assert threads.choose("auto", **BIG, cores=2, busy=9, environ=NO_ENV).count == 1  # never below one
+def test_auto_does_not_follow_the_load_of_the_moment(monkeypatch):
+    """Another thread count changes the last bits of a BLAS matmul, so auto must give one
+    count for one problem on one machine whatever else runs: otherwise reruns and resumes differ."""
+    import os
 
-
-def test_busy_cores_is_a_count():
-    n = threads.busy_cores()
-    assert isinstance(n, int) and n >= 0
-
-
-def test_user_env_var_wins_over_auto():
-    c = threads.choose("auto", batch=32, hidden=64, cores=8, environ={"OPENBLAS_NUM_THREADS": "3"})
-    assert (c.count, c.source, c.reason) == (3, "env", "OPENBLAS_NUM_THREADS=3")
-    c = threads.choose("auto", **BIG, cores=8, environ={"MKL_NUM_THREADS": "1"})
-    assert (c.count, c.source) == (1, "env")
-
-
-@pytest.mark.parametrize("raw", ["0", "", "two", "-1", "1.5"])
-def test_env_values_that_are_not_counts_are_ignored(raw):
-    c = threads.choose("auto", batch=32, hidden=64, cores=8, environ={"OMP_NUM_THREADS": raw})
-    assert c.source == "auto"
-
-
-def test_explicit_wins_over_env_and_budget():
-    c = threads.choose(5, batch=32, hidden=64, cores=2, budget=1, environ={"OPENBLAS_NUM_THREADS": "1"})
-    assert (c.count, c.source) == (5, "explicit")
-
-
-def test_variables_a_parent_bptt_set_are_not_the_users():
-    env = threads.child_environ(1, environ=NO_ENV)
-    assert env["OPENBLAS_NUM_THREADS"] == "1"
-    assert threads.user_env_threads(env) is None
-    assert threads.inherited_budget(env) == 1
-    c = threads.choose("auto", **BIG, cores=8, busy=0, budget=threads.inherited_budget(env), environ=env)
-    assert (c.count, c.source) == (1, "auto")
-
-
-def test_a_users_variable_survives_into_the_workers():
-    env = threads.child_environ(1, environ={"OMP_NUM_THREADS": "2"})
-    assert "OMP_NUM_THREADS" not in env  # the executor leaves the user's variable alone
-    child = {"OMP_NUM_THREADS": "2", **env}
-    assert threads.user_env_threads(child) == ("OMP_NUM_THREADS", 2)
+    seen = {threads.choose("auto", **BIG, cores=2, environ=NO_ENV).count for _ in range(3)}
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0), raising=False)
+    seen.add(threads.choose("auto", **BIG, cores=2, environ=NO_ENV).count)
+    assert seen == {2}
 
 
 @settings(max_examples=200, deadline=None)
@@ -119,12 +84,11 @@ def test_a_users_variable_survives_into_the_workers():
     hidden=st.integers(1, 4096),
     dtype=st.sampled_from(["float32", "float64"]),
     cores=st.integers(1, 256),
-    busy=st.integers(0, 300),
     budget=st.none() | st.integers(1, 256),
 )
-def test_auto_stays_within_free_cores_and_budget(batch, hidden, dtype, cores, busy, budget):
-    c = threads.choose("auto", batch=batch, hidden=hidden, dtype=dtype, cores=cores, busy=busy, budget=budget, environ=NO_ENV)
-    assert 1 <= c.count <= max(1, cores - busy)
+def test_auto_stays_within_the_cores_and_budget(batch, hidden, dtype, cores, budget):
+    c = threads.choose("auto", batch=batch, hidden=hidden, dtype=dtype, cores=cores, budget=budget, environ=NO_ENV)
+    assert 1 <= c.count <= cores
     if budget is not None:
         assert c.count <= budget
 
