@@ -131,6 +131,12 @@ def _mkdirs(path: Path, what: str) -> None:
         raise RunError(f"{what} {path} exists and is not a folder")
 
 
+def cache_dir(runs_root: Path) -> Path:
+    """Where runs under ``runs_root`` keep shared caches (the text task's encoded corpora):
+    ``runs_root/.cache``, next to the runs, so every variant of a compare reads one copy."""
+    return Path(runs_root).resolve() / ".cache"
+
+
 def new_run_dir(root: Path, name: str) -> Path:
     """Create ``root/name/<UTC timestamp>-<id>`` exclusively; never reuses an existing folder."""
     if name in ("", ".", "..") or Path(name).name != name or "\\" in name:

@@ -42,6 +42,7 @@ def execute(
     on_event: Callable[[Event], None] | None = None,
     trainer: Trainer | None = None,
     thread_budget: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict:
     """Train ``cfg`` in ``run_dir`` (already created, or an existing run when ``resume``).
 
@@ -50,10 +51,11 @@ def execute(
     mid-step also ends ``interrupted`` (the logs hold every update that finished).
     BLAS threads are limited while the trainer runs, to ``cfg.train.threads`` or what
     ``bptt_cli.threads`` picks; ``thread_budget`` caps that pick (a compare worker's share).
-    ``runs.RunBusy`` when another process is writing ``run_dir``.
+    ``runs.RunBusy`` when another process is writing ``run_dir``. ``cache_dir``: the text
+    task's cache of encoded corpora, when the trainer is built here.
     """
     with runs.RunLock(run_dir):
-        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer, thread_budget=thread_budget)
+        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer or Trainer(cfg, cache_dir=cache_dir), thread_budget=thread_budget)
 
 
 def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_budget) -> dict:

@@ -14,6 +14,7 @@ a pure function of (seed, step) and nothing else carries randomness.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -67,10 +68,11 @@ class TrainState:
 class Trainer:
     """Builds the task, model and optimizer of a config and runs its training loop."""
 
-    def __init__(self, cfg: Config, *, task: Task | None = None) -> None:
+    def __init__(self, cfg: Config, *, task: Task | None = None, cache_dir: Path | None = None) -> None:
+        """``cache_dir``: where the text task keeps encoded corpora (None: its default)."""
         self.cfg = cfg
         self.dtype = np.dtype(cfg.model.dtype)
-        self.task = task or make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=self.dtype)
+        self.task = task or make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=self.dtype, cache_dir=cache_dir)
         self.truncation = parse(cfg.truncation.spec)
         self.chunked = cfg.truncation.update == "chunk"
         self.target: Expectation | None = parse_expectation(cfg.train.target) if cfg.train.target else None

@@ -472,3 +472,25 @@ def test_no_k_anywhere_asks_for_modes(invoke, tmp_path):
     result = invoke("compare", "--runs-root", tmp_path, *sets(*TINY))
     assert result.exit_code == 2, result.output
     assert "no modes to compare: pass --modes" in one_line(stderr_of(result))
+
+
+def test_text_variants_share_one_encoded_corpus_next_to_the_runs(invoke, tmp_path, monkeypatch):
+    """The text task's encoded copy is kept in <runs root>/.cache, once per file content,
+    and every variant of a compare (and a later train) reads that copy instead of its own."""
+    home_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("BPTT_CACHE_DIR", str(home_cache))
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    cfg = tmp_path / "text.yaml"
+    cfg.write_text(f"name: text\ntask: {{name: text, path: {text}, length: 10}}\n", encoding="utf-8")
+    root = tmp_path / "runs"
+    small = sets("model.hidden=8", "train.batch_size=4", "train.eval_size=8", "train.steps=4", "train.eval_every=2")
+    result = invoke("compare", cfg, "--runs-root", root, *small, "--modes", "full,k_truncated:2", "--workers", "2", "-q")
+    assert result.exit_code == 0, result.output
+    entries = sorted(p.name for p in (root / ".cache" / "text").iterdir())
+    assert len([e for e in entries if e.endswith(".ids.npy")]) == 1, entries
+    stamp = {p: p.stat().st_mtime_ns for p in (root / ".cache" / "text").iterdir()}
+    result = invoke("train", cfg, "--runs-root", root, *small, "-q")
+    assert result.exit_code == 0, result.output
+    assert {p: p.stat().st_mtime_ns for p in (root / ".cache" / "text").iterdir()} == stamp  # read, not rebuilt
+    assert not home_cache.exists()

@@ -74,7 +74,8 @@ def run_variant(config: dict, run_dir: str, stop: Callable[[], bool] | None = No
             _clear(path)  # it never checkpointed: start it again from scratch
             path.mkdir(parents=True, exist_ok=True)
         budget = thread_budget or threads.inherited_budget() or _dask_worker_budget()
-        return execute(cfg, path, resume=state == "resume", stop=stop, thread_budget=budget)
+        # variant dir -> compare dir -> name -> runs root: the text cache sits next to the runs.
+        return execute(cfg, path, resume=state == "resume", stop=stop, thread_budget=budget, cache_dir=runs.cache_dir(path.parents[2]))
     except VariantFailed:
         raise
     except Exception as e:
