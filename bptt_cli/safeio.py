@@ -47,11 +47,14 @@ class UnsafeFile(BpttError, ValueError):
 
 
 # -- opening ------------------------------------------------------------------------------
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is, for a message; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
-        return "a FIFO"
+        return "a FIFO (named pipe)"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     if stat.S_ISSOCK(mode):
@@ -79,7 +82,7 @@ def open_regular(path: Path, *, follow: bool = False) -> IO[bytes]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFile(f"{path} is {_kind(st.st_mode)}, not a regular file")
+            raise UnsafeFile(f"{path} is {file_kind(st.st_mode)}, not a regular file")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -461,7 +464,7 @@ def open_append(path: Path) -> IO[str]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, f"{_kind(st.st_mode)}, not a regular file", str(path))
+            raise IsADirectoryError(errno.EISDIR, f"{file_kind(st.st_mode)}, not a regular file", str(path))
         return os.fdopen(fd, "a", encoding="utf-8")
     except BaseException:
         os.close(fd)

@@ -69,6 +69,19 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
+def sets(*overrides: str) -> list[str]:
+    """``--set`` arguments for each override."""
+    return [a for s in overrides for a in ("--set", s)]
+
+
+def stderr_of(result) -> str:
+    """stderr alone where Click keeps it apart (8.2+), else the mixed output."""
+    try:
+        return result.stderr
+    except ValueError:
+        return result.output
+
+
 def one_line(text: str) -> str:
     """Rich wraps long messages at the console width; compare them with whitespace collapsed."""
     return " ".join(text.split())

@@ -21,7 +21,7 @@ from bptt_cli.cli import app
 from bptt_cli.config import Config, load_config
 from bptt_cli.tasks import REGISTRY
 
-from conftest import one_line, read_logs  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import one_line, read_logs, stderr_of  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
@@ -29,12 +29,6 @@ ANSI = "\x1b["
 METRIC_KEYS = {"step", "update", "loss", "grad_norm", "clipped_norm", "clipped", "grad_norms", "lr", "time"}
 
 
-def stderr_of(result) -> str:
-    """stderr alone where Click keeps it apart (8.2+), else the mixed output."""
-    try:
-        return result.stderr
-    except ValueError:
-        return result.output
 
 
 def summary_of(run_dir: Path) -> dict:

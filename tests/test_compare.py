@@ -26,7 +26,7 @@ from bptt_cli.core.losses import LOSSES
 from bptt_cli.core.model import RNN, forward
 from bptt_cli.tasks import make_task
 
-from conftest import SMALL, one_line, read_logs  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import SMALL, one_line, read_logs, sets, stderr_of  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 DELAY = ROOT / "configs" / "delay.yaml"  # its compare: section is overridden by --modes below
@@ -35,16 +35,8 @@ TINY = (*SMALL, "train.steps=6", "train.eval_every=3")
 MODES = "full,k_truncated:2,subsequence:4"  # T = 12, delay 2: every subsequence chunk is scored
 
 
-def sets(*overrides: str) -> list[str]:
-    return [a for s in overrides for a in ("--set", s)]
 
 
-def stderr_of(result) -> str:
-    """stderr alone where Click keeps it apart (8.2+), else the mixed output."""
-    try:
-        return result.stderr
-    except ValueError:
-        return result.output
 
 
 def run_compare(invoke, root: Path, *args, overrides=TINY, workers: int | None = 1) -> tuple[Path, object]:

@@ -24,7 +24,7 @@ import pytest
 from bptt_cli import compare as cmp
 from bptt_cli.config import load_config
 
-from conftest import SMALL, one_line, read_logs  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import SMALL, one_line, read_logs, sets, stderr_of  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 DELAY = ROOT / "configs" / "delay.yaml"
@@ -33,15 +33,8 @@ TIMEOUT = 20
 DASK_TIMEOUT = 60
 
 
-def sets(*overrides: str) -> list[str]:
-    return [a for s in overrides for a in ("--set", s)]
 
 
-def stderr_of(result) -> str:
-    try:
-        return result.stderr
-    except ValueError:
-        return result.output
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -456,21 +449,30 @@ def test_dask_with_a_relative_runs_root_writes_where_the_client_is(tmp_path, clu
     assert not list(ROOT.glob("rel/hostile-dask-rel")) and not list(Path.cwd().glob("rel/hostile-dask-rel"))
 
 
-def test_dask_ctrl_c_stops_running_variants_and_compare_json_says_so(tmp_path, cluster):
+def _start_long_dask_compare(tmp_path, cluster, modes: str, name: str):
+    """A compare of endless variants on the cluster, returned once two of them are training:
+    (process, its stderr log)."""
     log = tmp_path / "stderr.log"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bptt_cli", "compare", str(DELAY), "--runs-root", "runs", "--modes", "full,k_truncated:2,subsequence:4",
-             *sets(*SMALL, "train.steps=10000000", "train.eval_every=1000", "name=hostile-dask-stop"),
+            [sys.executable, "-m", "bptt_cli", "compare", str(DELAY), "--runs-root", "runs", "--modes", modes,
+             *sets(*SMALL, "train.steps=10000000", "train.eval_every=1000", f"name={name}"),
              "--scheduler", cluster.scheduler_address, "-q"],
             stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path,
         )  # fmt: skip
+    deadline = time.monotonic() + DASK_TIMEOUT
+    while len([p for p in tmp_path.glob("runs/*/compare-*/*/metrics.jsonl") if p.stat().st_size > 0]) < 2:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the variants did not start (exit {proc.returncode}): {log.read_text()}")
+        time.sleep(0.05)
+    return proc, log
+
+
+def test_dask_ctrl_c_stops_running_variants_and_compare_json_says_so(tmp_path, cluster):
+    proc, log = _start_long_dask_compare(tmp_path, cluster, "full,k_truncated:2,subsequence:4", "hostile-dask-stop")
     try:
-        deadline = time.monotonic() + DASK_TIMEOUT
-        while len([p for p in tmp_path.glob("runs/*/compare-*/*/metrics.jsonl") if p.stat().st_size > 0]) < 2:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the variants did not start within the timeout"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=DASK_TIMEOUT) == 130, log.read_text()
     finally:
@@ -494,27 +496,16 @@ def test_dask_ctrl_c_stops_running_variants_and_compare_json_says_so(tmp_path, c
 
 
 def test_dask_variants_stop_when_the_compare_client_is_killed(tmp_path, cluster):
-    log = tmp_path / "stderr.log"
-    with open(log, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bptt_cli", "compare", str(DELAY), "--runs-root", "runs", "--modes", "full,k_truncated:2",
-             *sets(*SMALL, "train.steps=10000000", "train.eval_every=1000", "name=hostile-dask-orphan"),
-             "--scheduler", cluster.scheduler_address, "-q"],
-            stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path,
-        )  # fmt: skip
+    proc, log = _start_long_dask_compare(tmp_path, cluster, "full,k_truncated:2", "hostile-dask-orphan")
     try:
-        deadline = time.monotonic() + DASK_TIMEOUT
-        while len([p for p in tmp_path.glob("runs/*/compare-*/*/metrics.jsonl") if p.stat().st_size > 0]) < 2:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the variants did not start within the timeout"
-            time.sleep(0.05)
         proc.kill()  # SIGKILL: no Ctrl-C handling, no stop flag set by the client
         proc.wait(timeout=DASK_TIMEOUT)
         (path,) = sorted(tmp_path.glob("runs/hostile-dask-orphan/compare-*"))
         summaries = [path / vid / "summary.json" for vid in ("full_seed0", "k_truncated-2_seed0")]
         # The tasks see themselves released by the scheduler and stop after their current step.
+        deadline = time.monotonic() + DASK_TIMEOUT
         while not all(json.loads(s.read_text()).get("status") == "interrupted" for s in summaries):
-            assert time.monotonic() < deadline + DASK_TIMEOUT, [json.loads(s.read_text()).get("status") for s in summaries]
+            assert time.monotonic() < deadline, [json.loads(s.read_text()).get("status") for s in summaries]
             time.sleep(0.1)
     finally:
         if proc.poll() is None:

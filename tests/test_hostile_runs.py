@@ -11,6 +11,7 @@ timeout that fails the test; the others run in process, which is faster.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -29,8 +30,11 @@ from bptt_cli import runs, safeio
 from bptt_cli.config import load_config
 from bptt_cli.session import execute
 
-from conftest import SMALL, SMALL_TEXT, read_logs  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import SMALL, SMALL_TEXT  # noqa: E402  (tests/ is on sys.path under pytest)
 from test_resume import LONG, assert_same_run, lines_in, reference_run, start, stop_after, wait_for  # noqa: E402
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+needs_matplotlib = pytest.mark.skipif(not HAS_MATPLOTLIB, reason="bptt plot needs the plot extra (matplotlib)")
 
 TIMEOUT = 20
 
@@ -273,8 +277,9 @@ def test_a_malformed_log_line_is_named_and_skipped_by_show_and_plot(w, invoke, l
     code, out, err = w.bptt("show", w.run, invoke=invoke)
     assert code == 0 and messages(err) == [], err
     assert f"{log}:" in out and "malformed" in out
-    code, _, err = w.bptt("plot", w.run, invoke=invoke)
-    assert code == 0 and messages(err)[0].startswith("wrote"), err
+    if HAS_MATPLOTLIB:  # bptt plot needs the plot extra
+        code, _, err = w.bptt("plot", w.run, invoke=invoke)
+        assert code == 0 and messages(err)[0].startswith("wrote"), err
 
 
 def test_an_overlong_log_line_is_skipped_in_bounded_memory(w, invoke):
@@ -575,6 +580,7 @@ def test_files_follow_the_umask(w, small, mask, mode):
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(mode) for p in files}
 
 
+@needs_matplotlib
 def test_plot_to_an_unknown_format_names_the_allowed_ones(w, invoke):
     code, _, err = w.bptt("plot", w.run, "--out", w.root / "x.txt", invoke=invoke)
     one_error(code, err, 2, "x.txt", ".png", ".pdf", ".svg")
@@ -709,6 +715,7 @@ def test_a_new_run_into_a_folder_that_already_holds_one_is_refused_under_the_loc
     assert {p.name: p.read_bytes() for p in w.run.iterdir() if p.is_file()} == before
 
 
+@needs_matplotlib
 def test_plot_of_a_compare_directory_skips_a_damaged_variant(w, invoke, small):
     sets = [a for s in small for a in ("--set", s)]
     code, _, err = w.bptt("compare", "--modes", "full,k_truncated:2", *sets, "--workers", "1", "--runs-root", w.root / "cmp", "-q", invoke=invoke)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from bptt_cli.config.errors import ConfigError, _join, _printable
+from bptt_cli.safeio import file_kind
 
 if TYPE_CHECKING:
     from bptt_cli.config.schema import Config
@@ -322,21 +322,6 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, Marks]:
     return data, marks
 
 
-def _kind(mode: int) -> str | None:
-    """What a non-regular file is, for the message; None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
 def _read(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
     """The text of a config file: a regular file of at most ``limit`` bytes, UTF-8."""
     source = str(path)
@@ -352,7 +337,7 @@ def _read(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
         raise ConfigError("no such config file", None, source) from None
     except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         raise ConfigError(f"cannot read the config file: {getattr(e, 'strerror', None) or e}", None, source) from None
-    kind = _kind(st.st_mode)
+    kind = file_kind(st.st_mode)
     if kind:
         raise refuse(kind)
     too_big = f"a config file may be at most {limit:,} bytes"
@@ -364,7 +349,7 @@ def _read(path: Path, limit: int = MAX_CONFIG_BYTES) -> str:
     except OSError as e:
         raise ConfigError(f"cannot read the config file: {e.strerror or e}", None, source) from None
     try:
-        kind = _kind(os.fstat(fd).st_mode)
+        kind = file_kind(os.fstat(fd).st_mode)
         if kind:
             raise refuse(kind)
         chunks, size = [], 0
