@@ -75,7 +75,6 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         runs.remove_temporaries(run_dir)
         arrays = runs.load_checkpoint(run_dir, cap=_checkpoint_cap(trainer))
         state = trainer.state_from_arrays(arrays)
-        _check_counters(cfg, run_dir, state)
         runs.truncate_logs(run_dir, state.step)
         # The summary's final metrics come from the last logged lines if no new ones arrive.
         last_update = runs.last_record(run_dir / "metrics.jsonl")
@@ -238,17 +237,6 @@ def _check_same_experiment(cfg: Config, run_dir: Path, previous: dict, fingerpri
         raise runs.RunError(
             f"the task's data changed since the run started ({where or 'the task data'} has other content now); "
             "resuming would continue a different experiment. Restore the file or start a new run"
-        )
-
-
-def _check_counters(cfg: Config, run_dir: Path, state) -> None:
-    ckpt = run_dir / "checkpoint.npz"
-    if state.step < 0 or state.update < 0:
-        raise runs.RunError(f"{ckpt} claims step {state.step}, update {state.update}; counters cannot be negative")
-    if state.step > cfg.train.steps:
-        raise runs.RunError(
-            f"{ckpt} is at step {state.step:,}, beyond the run's train.steps = {cfg.train.steps:,}; "
-            "train.steps cannot be lowered below the checkpoint (and a checkpoint cannot come from the future)"
         )
 
 
