@@ -30,10 +30,24 @@ app = typer.Typer(
     name="bptt",
     help="Train a NumPy Elman RNN with (truncated) backpropagation through time and measure what truncation does.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from bptt_cli import __version__
+
+        typer.echo(f"bptt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Train a NumPy Elman RNN with (truncated) backpropagation through time and measure what truncation does."""
 
 
 
@@ -608,6 +622,12 @@ def plot(
             path, out_file or Path(path) / "plot.png", on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False)
         )
     err.print(f"wrote {written}", markup=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the version of bptt (also: bptt --version)."""
+    _print_version(True)
 
 
 def main() -> None:

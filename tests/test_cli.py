@@ -505,3 +505,18 @@ def test_off_a_terminal_train_and_compare_log_plain_progress_lines(invoke, tmp_p
     finished = [line for line in stderr_of(result).splitlines() if line.startswith("variant ")]
     assert len(finished) == 2 and all("completed at step 8" in line for line in finished)
     assert finished[-1].endswith("(2/2)")
+
+
+def test_version_is_printed_by_the_option_and_the_command(invoke):
+    from bptt_cli import __version__
+
+    for args in (["--version"], ["version"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"bptt {__version__}"
+
+
+def test_shell_completion_is_offered(invoke):
+    result = invoke("--show-completion", "bash")
+    assert result.exit_code == 0, result.output
+    assert "_bptt_completion" in result.output and "complete" in result.output
