@@ -67,7 +67,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bptt_cli.core.errors import DivergedError, InvalidInputError
-from bptt_cli.core.losses import LOSSES
+from bptt_cli.core.losses import LOSSES, CrossEntropyChunks
 from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward_into
 from bptt_cli.core.truncation import Truncation, parse
 
@@ -189,11 +189,12 @@ def check_inputs(params, x, targets, mask, h0, loss: str):
     return targets, mask, h0
 
 
-def _new_grads(params: dict) -> dict:
-    """Zeroed gradients with the params' keys and shapes: C-ordered views into one fresh
-    buffer, so a call allocates once and checks finiteness once (``_check_finite_grads``)."""
+def _new_grads(params: dict, zero: bool = True) -> dict:
+    """Gradients with the params' keys and shapes: C-ordered views into one fresh buffer,
+    so a call allocates once and checks finiteness once (``_check_finite_grads``). Zeroed,
+    unless ``zero`` is False for a caller that writes every element."""
     dt = params["W_hh"].dtype
-    flat = np.zeros(sum(params[k].size for k in PARAM_NAMES), dt)
+    flat = (np.zeros if zero else np.empty)(sum(params[k].size for k in PARAM_NAMES), dt)
     grads, at = {}, 0
     for k in PARAM_NAMES:
         n = params[k].size
@@ -243,7 +244,7 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
     Tb = min(T, buf.shape[0])
     g = ws.get("g", (B, H), dt, zero=True)  # dL/dh_t from the steps after t
     ones = _ones(ws, "ones_block", Tb * B, dt)
-    grads = _new_grads(params)
+    grads = _new_grads(params, zero=False)  # the first block writes every element
     first = True  # the last block, which runs first, writes the gradients instead of adding to them
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
@@ -662,6 +663,9 @@ def chunked_pass(
     hs[0] = 0 if h0 is None else h0
     ws._states = hs
     y_flat = ws.get("chunk_y", (O * C * B,), dt)
+    if not overlap and C <= _block_steps(T, B, max(H, O), dt):
+        _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation, loss, ws)
+        return hs[T].copy()
     R = Wmax // C + 2  # chunks a window can reach: its own and those its W - C extra steps touch
     W_ran = ws.get("W_ran", (R, H, H), dt) if overlap else None  # W_ran[c % R]: chunk c's W_hh
     for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
@@ -688,6 +692,78 @@ def chunked_pass(
         _check_finite_grads(grads)
         on_chunk(c, value, grads)
     return hs[T].copy()
+
+
+def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation: str,
+                  loss: str, ws: Workspace) -> None:
+    """``chunked_pass`` for chunks of a few steps whose windows do not overlap (W == C).
+
+    A chunk of n steps (n B rows that fit one block of ``_block_steps``) does the work of one
+    block of ``loss_and_gradients`` plus its own loss and gradient buffer, and at the chunk
+    sizes where update-per-chunk is used (K = 5: 160 rows at B = 32) the NumPy calls around
+    the arithmetic cost as much as the arithmetic. So this loop makes as few as it can: the
+    work buffers and everything that depends only on the targets and the mask are set up
+    once per sequence (``CrossEntropyChunks``), the forward is one ``forward_into`` over the
+    chunk, the output bias enters in the transposing copy, and the backward chain starts
+    from the chunk's last step with nothing flowing in. The numbers are those of
+    ``_forward_span``, ``cross_entropy`` and ``_chain_gradients`` on the chunk, bit for bit.
+    """
+    T, B, I = x.shape
+    H = hs.shape[2]
+    O = params["W_hy"].shape[0]
+    dt = hs.dtype
+    Tb = max(lasts - firsts)
+    xw = ws.get("xw_block", (Tb, B, H), dt)  # a chunk's input projections
+    y_rows = ws.get("y_block", (Tb * B, O), dt)  # a chunk's outputs, one row per (t, b)
+    A_buf = ws.get("chunk_A", (Tb, B, H), dt)  # dL/dh_t, then A_t
+    dphi_buf = ws.get("chunk_dphi", (Tb, B, H), dt)
+    ones = _ones(ws, "ones_chunk", Tb * B, dt)
+    g = ws.get("g", (B, H), dt)
+    ce = CrossEntropyChunks(targets, mask, firsts, lasts, dt) if loss == "cross_entropy" else None
+    b_y = params["b_y"][:, None]  # (O, 1): params are updated in place, so the view stays current
+    for c, (a, b) in enumerate(zip(firsts.tolist(), lasts.tolist())):
+        n = b - a
+        N = n * B
+        hs_c = hs[a : b + 1]  # h_{a-1} .. h_{b-1}
+        x_c = x[a:b]
+        # Few steps: the copy of W_hh^T (25 us at H = 128) costs more than the matmuls from the view save.
+        forward_into(params, x_c, hs_c, xw[:n], activation, params["W_hh"].T)
+        if not supervised[c]:
+            continue
+        h_rows = hs_c[1:].reshape(N, H)
+        np.matmul(h_rows, params["W_hy"].T, out=y_rows[:N])
+        y = y_flat[: O * N].reshape(O, n, B)  # class-major, contiguous whatever n
+        np.add(y_rows[:N].T, b_y, out=y.reshape(O, N))
+        if ce is not None:
+            value = ce(c, a, b, y)
+            dy = y
+        else:
+            value, dy = LOSSES[loss](y, np.moveaxis(targets[a:b], -1, 0), mask[a:b], axis=0)  # dy (O, n, B)
+        if not math.isfinite(value):
+            raise DivergedError("loss")
+        dy2 = dy.reshape(O, N)
+        # The chain over the chunk: A_t = phi'(a_t) * (dL/dy_t @ W_hy + A_{t+1} @ W_hh), cut at a.
+        A = A_buf[:n]
+        A2 = A.reshape(N, H)
+        np.matmul(dy2.T, params["W_hy"], out=A2)  # the direct terms dL/dh_t
+        dphi = _dphi_into(activation, hs_c[1:], dphi_buf[:n])  # phi'(a_t), or None
+        W_hh = params["W_hh"]
+        if dphi is not None:
+            np.multiply(A[n - 1], dphi[n - 1], out=A[n - 1])
+        for t in range(n - 1, 0, -1):
+            da = A[t - 1]
+            np.matmul(A[t], W_hh, out=g)  # dL/dh_{t-1} from the steps after it
+            np.add(g, da, out=da)
+            if dphi is not None:
+                np.multiply(da, dphi[t - 1], out=da)
+        grads = _new_grads(params, zero=False)  # every element written below
+        np.matmul(A2.T, hs_c[:-1].reshape(N, H), out=grads["W_hh"])
+        np.matmul(A2.T, x_c.reshape(N, I), out=grads["W_xh"])
+        np.matmul(ones[:N], A2, out=grads["b_h"])  # the sum over rows
+        np.matmul(dy2, h_rows, out=grads["W_hy"])
+        dy2.sum(axis=1, out=grads["b_y"])
+        _check_finite_grads(grads)
+        on_chunk(c, value, grads)
 
 
 def _window_gradients(params, x, hs, dy, a: int, b: int, f: int, C: int, W_ran, activation: str, ws: Workspace) -> dict:
@@ -720,7 +796,7 @@ def _window_gradients(params, x, hs, dy, a: int, b: int, f: int, C: int, W_ran, 
         if s > f:
             np.matmul(row, W_ran[(s // C) % R], out=g)  # dL/dh_{s-1} = dL/da_s @ W_hh(s)
     A2 = A.reshape(L * B, H)
-    grads = _new_grads(params)
+    grads = _new_grads(params, zero=False)  # every element written below
     np.matmul(A2.T, x[f:b].reshape(L * B, I), out=grads["W_xh"])
     np.matmul(A2.T, hs[f:b].reshape(L * B, H), out=grads["W_hh"])
     np.matmul(_ones(ws, "ones_window", R * C * B, dt)[: L * B], A2, out=grads["b_h"])  # the sum over rows

@@ -45,6 +45,52 @@ def cross_entropy(y: np.ndarray, targets: np.ndarray, mask: np.ndarray, *, axis:
     return loss, z if axis == 0 else np.moveaxis(z, 0, axis)
 
 
+class CrossEntropyChunks:
+    """``cross_entropy`` of each chunk of one sequence, in place on the chunk's outputs.
+
+    ``chunked_pass`` computes a loss per chunk of a few steps, where the NumPy calls, not
+    the arithmetic, set the time. What depends only on the targets and the mask is computed
+    once per sequence here: each step's flat index of its target entry inside its chunk's
+    buffer, each chunk's sum(m), and the mask scaled by 1 / sum(m) of its chunk. Chunks are
+    steps firsts[c] .. lasts[c]-1 of targets (T, B) and mask (T, B); the values are those of
+    ``cross_entropy(y, targets[a:b], mask[a:b], axis=0)``, bit for bit.
+    """
+
+    def __init__(self, targets: np.ndarray, mask: np.ndarray, firsts: np.ndarray, lasts: np.ndarray, dtype) -> None:
+        T, B = mask.shape
+        rows = (lasts - firsts) * B  # rows of each chunk
+        chunk_of = np.repeat(np.arange(len(firsts)), lasts - firsts)  # (T,) each step's chunk
+        local = np.arange(T * B).reshape(T, B) - (firsts * B)[chunk_of][:, None]  # (t - a) B + b
+        self._at = (targets * rows[chunk_of][:, None] + local).reshape(-1)  # [target, t - a, b], flat
+        step_sums = mask.sum(axis=1, dtype=np.float64)
+        self.sums = np.add.reduceat(step_sums, firsts)  # sum(m) of each chunk, exact integers
+        self._m = mask.astype(np.float64).reshape(-1)
+        inv = 1 / np.maximum(self.sums, 1)  # an unsupervised chunk (sum 0) is never asked for
+        self._w = (mask * inv[chunk_of][:, None]).astype(dtype).reshape(-1)  # m / sum(m)
+        self._B = B
+
+    def __call__(self, c: int, a: int, b: int, z: np.ndarray) -> float:
+        """The loss of chunk c (steps a .. b-1) from z (O, b-a, B) contiguous outputs, which
+        becomes dL/dy. The chunk must have a supervised step."""
+        O = z.shape[0]
+        r0, r1 = a * self._B, b * self._B
+        z2 = z.reshape(O, r1 - r0)  # (O, n B), a view
+        zf = z.reshape(-1)
+        at = self._at[r0:r1]
+        np.subtract(z2, np.maximum.reduce(z2, axis=0), out=z2)  # shifted for a stable exp
+        logp = zf[at]  # y_target - peak
+        np.exp(z2, out=z2)
+        total = np.add.reduce(z2, axis=0)
+        z2 /= total  # softmax(y)
+        logp -= np.log(total, out=total)  # log softmax(y) at the target
+        if logp.dtype != np.float64:  # accumulate in float64 whatever the run's dtype
+            logp = logp.astype(np.float64)
+        loss = -float(np.dot(self._m[r0:r1], logp)) / float(self.sums[c])
+        zf[at] -= 1  # dL/dy = (softmax - onehot) * m / sum(m)
+        z2 *= self._w[r0:r1]
+        return loss
+
+
 def mse(y: np.ndarray, targets: np.ndarray, mask: np.ndarray, *, axis: int = -1) -> tuple[float, np.ndarray]:
     """0.5 * squared error summed over outputs; ``targets (T, B, O)`` floats, laid out like ``y``."""
     n = mask.sum(dtype=np.float64)
