@@ -164,6 +164,23 @@ def test_gradient_flow_in_groups_of_chains_matches_per_step_chains(monkeypatch, 
         np.testing.assert_allclose(flow["norms"], want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("per_group", [1, 3, 50])
+def test_gradient_flow_float32_follows_float64(monkeypatch, act, per_group):
+    """The run's dtype: float32 chains (phi' multiplied in place, the buffers swapped every lag)
+    give the float64 profile to float32 accuracy, for groups of one chain up to all of them."""
+    p, x, tg, m, h0 = _problem(27, T=14, B=4, H=9, density=0.7)
+    m[:2] = 0
+    p32 = {k: v.astype(np.float32) for k, v in p.items()}
+    B, H = x.shape[1], p["W_hh"].shape[0]
+    monkeypatch.setattr(diagnostics, "_GROUP_BYTES", per_group * B * H * 4)
+    kw = {"activation": act, "loss": "cross_entropy", "max_lag": 8}
+    f32 = diagnostics.gradient_flow(p32, x.astype(np.float32), tg, m, h0=h0.astype(np.float32), **kw)
+    want, counts = _flow_by_loops(p, x, tg, m, act, "cross_entropy", h0, 8)
+    assert f32["counts"] == counts
+    np.testing.assert_allclose(f32["norms"], want, rtol=1e-4)
+
+
 def test_gradient_flow_refuses_states_of_another_shape():
     p, x, tg, m, h0 = _problem(25)
     hs, _ = model.forward(p, x, activation="tanh", h0=h0)
@@ -308,6 +325,18 @@ def test_spectrum_of_orthogonal_init(rho):
     out = diagnostics.spectrum(net.params)
     assert out["spectral_radius"] == pytest.approx(rho, rel=1e-9)
     assert out["max_singular_value"] == pytest.approx(rho, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spectrum_max_singular_value_is_the_matrix_2_norm(seed):
+    """sigma_max from the top eigenvalue of W^T W is numpy's 2-norm (a full SVD) of W."""
+    rng = np.random.default_rng(seed)
+    for H in (1, 2, 7, 64):
+        W = rng.normal(size=(H, H)) * 10.0 ** rng.uniform(-3, 3)
+        out = diagnostics.spectrum({"W_hh": W})
+        assert out["max_singular_value"] == pytest.approx(np.linalg.norm(W, 2), rel=1e-12), H
+        assert out["spectral_radius"] == pytest.approx(np.max(np.abs(np.linalg.eigvals(W))), rel=1e-12), H
+    assert diagnostics.spectrum({"W_hh": np.zeros((3, 3))})["max_singular_value"] == 0.0
 
 
 def test_saturation_share_of_handcrafted_states():
