@@ -189,18 +189,24 @@ def check_inputs(params, x, targets, mask, h0, loss: str):
     return targets, mask, h0
 
 
-def _new_grads(params: dict, zero: bool = True) -> dict:
+def _grads_layout(params: dict) -> tuple[int, list]:
+    """(size, [(key, byte offset, shape)]): how ``_new_grads`` cuts its flat buffer."""
+    parts, at = [], 0
+    for k in PARAM_NAMES:
+        parts.append((k, at * params[k].itemsize, params[k].shape))
+        at += params[k].size
+    return at, parts
+
+
+def _new_grads(params: dict, zero: bool = True, layout: tuple | None = None) -> dict:
     """Gradients with the params' keys and shapes: C-ordered views into one fresh buffer,
     so a call allocates once and checks finiteness once (``_check_finite_grads``). Zeroed,
-    unless ``zero`` is False for a caller that writes every element."""
+    unless ``zero`` is False for a caller that writes every element. ``layout``: that of
+    ``_grads_layout(params)``, for a caller that makes many."""
     dt = params["W_hh"].dtype
-    flat = (np.zeros if zero else np.empty)(sum(params[k].size for k in PARAM_NAMES), dt)
-    grads, at = {}, 0
-    for k in PARAM_NAMES:
-        n = params[k].size
-        grads[k] = flat[at : at + n].reshape(params[k].shape)
-        at += n
-    return grads
+    size, parts = layout or _grads_layout(params)
+    flat = (np.zeros if zero else np.empty)(size, dt)
+    return {k: np.ndarray(shape, dt, flat, offset) for k, offset, shape in parts}  # views, no copies
 
 
 def _check_finite_grads(grads: dict) -> None:
@@ -720,28 +726,38 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     ones = _ones(ws, "ones_chunk", Tb * B, dt)
     g = ws.get("g", (B, H), dt)
     ce = CrossEntropyChunks(targets, mask, firsts, lasts, dt) if loss == "cross_entropy" else None
+    layout = _grads_layout(params)
+    zeros = ws.get("zeros_grads", (layout[0],), dt)  # zeros @ grads is 0, or NaN if one is not finite
+    phi = ACTIVATIONS[activation][0]
     b_y = params["b_y"][:, None]  # (O, 1): params are updated in place, so the view stays current
-    for c, (a, b) in enumerate(zip(firsts.tolist(), lasts.tolist())):
+    for c, (a, b, sup) in enumerate(zip(firsts.tolist(), lasts.tolist(), supervised.tolist())):
         n = b - a
         N = n * B
         hs_c = hs[a : b + 1]  # h_{a-1} .. h_{b-1}
         x_c = x[a:b]
-        # Few steps: the copy of W_hh^T (25 us at H = 128) costs more than the matmuls from the view save.
-        forward_into(params, x_c, hs_c, xw[:n], activation, params["W_hh"].T)
-        if not supervised[c]:
+        # The forward of forward_into, from views of the transposed weights: for a few steps
+        # their copies (20 us for W_hh^T at H = 128) cost more than the matmuls from them save.
+        xw_c = xw[:n]
+        np.matmul(x_c.reshape(N, I), params["W_xh"].T, out=xw_c.reshape(N, H))
+        xw_c += params["b_h"]
+        W_hhT = params["W_hh"].T
+        for h_prev, h, xw_t in zip(hs_c[:-1], hs_c[1:], xw_c):
+            np.matmul(h_prev, W_hhT, out=h)
+            h += xw_t
+            phi(h)
+        if not sup:
             continue
         h_rows = hs_c[1:].reshape(N, H)
+        dy2 = y_flat[: O * N].reshape(O, N)  # class-major (O, n B), contiguous whatever n
         np.matmul(h_rows, params["W_hy"].T, out=y_rows[:N])
-        y = y_flat[: O * N].reshape(O, n, B)  # class-major, contiguous whatever n
-        np.add(y_rows[:N].T, b_y, out=y.reshape(O, N))
+        np.add(y_rows[:N].T, b_y, out=dy2)  # y
         if ce is not None:
-            value = ce(c, a, b, y)
-            dy = y
+            value = ce(c, a, b, dy2)  # dy2 becomes dL/dy
         else:
-            value, dy = LOSSES[loss](y, np.moveaxis(targets[a:b], -1, 0), mask[a:b], axis=0)  # dy (O, n, B)
+            value, dy = LOSSES[loss](dy2.reshape(O, n, B), np.moveaxis(targets[a:b], -1, 0), mask[a:b], axis=0)
+            dy2 = dy.reshape(O, N)
         if not math.isfinite(value):
             raise DivergedError("loss")
-        dy2 = dy.reshape(O, N)
         # The chain over the chunk: A_t = phi'(a_t) * (dL/dy_t @ W_hy + A_{t+1} @ W_hh), cut at a.
         A = A_buf[:n]
         A2 = A.reshape(N, H)
@@ -756,13 +772,14 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
             np.add(g, da, out=da)
             if dphi is not None:
                 np.multiply(da, dphi[t - 1], out=da)
-        grads = _new_grads(params, zero=False)  # every element written below
+        grads = _new_grads(params, zero=False, layout=layout)  # every element written below
         np.matmul(A2.T, hs_c[:-1].reshape(N, H), out=grads["W_hh"])
         np.matmul(A2.T, x_c.reshape(N, I), out=grads["W_xh"])
         np.matmul(ones[:N], A2, out=grads["b_h"])  # the sum over rows
         np.matmul(dy2, h_rows, out=grads["W_hy"])
         dy2.sum(axis=1, out=grads["b_y"])
-        _check_finite_grads(grads)
+        if np.dot(zeros, grads["W_xh"].base) != 0:  # the one buffer under all five
+            _check_finite_grads(grads)
         on_chunk(c, value, grads)
 
 

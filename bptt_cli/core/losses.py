@@ -63,31 +63,30 @@ class CrossEntropyChunks:
         local = np.arange(T * B).reshape(T, B) - (firsts * B)[chunk_of][:, None]  # (t - a) B + b
         self._at = (targets * rows[chunk_of][:, None] + local).reshape(-1)  # [target, t - a, b], flat
         step_sums = mask.sum(axis=1, dtype=np.float64)
-        self.sums = np.add.reduceat(step_sums, firsts)  # sum(m) of each chunk, exact integers
+        sums = np.add.reduceat(step_sums, firsts)  # sum(m) of each chunk, exact integers
+        self._sums = sums.tolist()
         self._m = mask.astype(np.float64).reshape(-1)
-        inv = 1 / np.maximum(self.sums, 1)  # an unsupervised chunk (sum 0) is never asked for
+        inv = 1 / np.maximum(sums, 1)  # an unsupervised chunk (sum 0) is never asked for
         self._w = (mask * inv[chunk_of][:, None]).astype(dtype).reshape(-1)  # m / sum(m)
         self._B = B
 
     def __call__(self, c: int, a: int, b: int, z: np.ndarray) -> float:
-        """The loss of chunk c (steps a .. b-1) from z (O, b-a, B) contiguous outputs, which
-        becomes dL/dy. The chunk must have a supervised step."""
-        O = z.shape[0]
+        """The loss of chunk c (steps a .. b-1) from its outputs z (O, (b-a) B), C-contiguous,
+        which become dL/dy. The chunk must have a supervised step."""
         r0, r1 = a * self._B, b * self._B
-        z2 = z.reshape(O, r1 - r0)  # (O, n B), a view
-        zf = z.reshape(-1)
+        zf = z.reshape(-1)  # a view
         at = self._at[r0:r1]
-        np.subtract(z2, np.maximum.reduce(z2, axis=0), out=z2)  # shifted for a stable exp
+        np.subtract(z, np.maximum.reduce(z, axis=0), out=z)  # shifted for a stable exp
         logp = zf[at]  # y_target - peak
-        np.exp(z2, out=z2)
-        total = np.add.reduce(z2, axis=0)
-        z2 /= total  # softmax(y)
+        np.exp(z, out=z)
+        total = np.add.reduce(z, axis=0)
+        z /= total  # softmax(y)
         logp -= np.log(total, out=total)  # log softmax(y) at the target
         if logp.dtype != np.float64:  # accumulate in float64 whatever the run's dtype
             logp = logp.astype(np.float64)
-        loss = -float(np.dot(self._m[r0:r1], logp)) / float(self.sums[c])
+        loss = -float(np.dot(self._m[r0:r1], logp)) / self._sums[c]
         zf[at] -= 1  # dL/dy = (softmax - onehot) * m / sum(m)
-        z2 *= self._w[r0:r1]
+        z *= self._w[r0:r1]
         return loss
 
 
