@@ -252,8 +252,9 @@ class Trainer:
 
         ``grads``: the training step's gradient, whose forward pass is the workspace's
         (``update_every: sequence``); without it, the mode's gradient is computed here first.
-        The flow and the spectrum read that forward pass's hidden states, the bias reuses the
-        gradient and adds a full-BPTT one unless the mode already is full. Reads the
+        The flow and the spectrum read that forward pass's hidden states (the flow keeps its
+        work buffers in the same workspace), the bias reuses the gradient and adds a full-BPTT
+        one unless the mode already is full. Reads the
         parameters and batch only (no RNG), so a run with diagnostics on follows exactly the
         trajectory of the same run with them off. None when a gradient is not finite: the
         same weights blow up in the training step, which reports it.
@@ -268,7 +269,9 @@ class Trainer:
                 if grads is None:
                     _, grads, _ = loss_and_gradients(*args, self.truncation, **kw, workspace=self.workspace)
                 hs = self.workspace.states()  # (T+1, B, H)
-                flow = diag.gradient_flow(*args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs)
+                flow = diag.gradient_flow(
+                    *args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs, workspace=self.workspace
+                )
                 spec = diag.spectrum(state.params, hs=hs[1:], activation=act)
                 # Last: the full gradient it may compute overwrites the workspace's states.
                 bias = diag.bias_for_mode(*args, self.truncation, **kw, grads=grads, workspace=self.workspace)

@@ -181,6 +181,23 @@ def test_gradient_flow_float32_follows_float64(monkeypatch, act, per_group):
     np.testing.assert_allclose(f32["norms"], want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_gradient_flow_with_a_workspace_equals_fresh_buffers(act):
+    """Buffers kept in the training step's workspace give the same profile on every call, for
+    a second shape too, and leave the workspace's hidden states (the flow's own hs) alone."""
+    ws = bptt.Workspace()
+    for seed, T, max_lag in ((28, 10, 50), (29, 7, 3), (28, 10, 50)):
+        p, x, tg, m, h0 = _problem(seed, T=T, density=0.6)
+        kw = {"activation": act, "loss": "cross_entropy", "h0": h0, "max_lag": max_lag}
+        bptt.loss_and_gradients(p, x, tg, m, "full", activation=act, loss="cross_entropy", h0=h0, workspace=ws)
+        hs = ws.states()
+        saved = hs.copy()
+        fresh = diagnostics.gradient_flow(p, x, tg, m, **kw, hs=saved.copy())
+        assert diagnostics.gradient_flow(p, x, tg, m, **kw, hs=hs, workspace=ws) == fresh
+        assert diagnostics.gradient_flow(p, x, tg, m, **kw, hs=hs, workspace=ws) == fresh
+        np.testing.assert_array_equal(ws.states(), saved)
+
+
 def test_gradient_flow_refuses_states_of_another_shape():
     p, x, tg, m, h0 = _problem(25)
     hs, _ = model.forward(p, x, activation="tanh", h0=h0)

@@ -76,6 +76,7 @@ def gradient_flow(
     h0: np.ndarray | None = None,
     max_lag: int = 50,
     hs: np.ndarray | None = None,
+    workspace: Workspace | None = None,
 ) -> dict:
     """Mean ||dL_t/dh_{t-j}|| by lag j through the full graph, and its fitted per-step decay.
 
@@ -84,7 +85,8 @@ def gradient_flow(
     further back). See the module docstring for which (t, b) are averaged and why. hs
     (T+1, B, H): the hidden states of the forward pass of these weights and inputs, e.g.
     ``Workspace.states()`` after the training step's ``loss_and_gradients``; without it the
-    forward pass runs here.
+    forward pass runs here. workspace: keeps the sweep's work buffers between calls (the
+    trainer's own, under names of their own: its states, and so ``hs``, are not written).
 
     Returns plain JSON-ready data::
 
@@ -115,7 +117,7 @@ def gradient_flow(
             f"hs must be the forward pass's states, shape (T+1, B, H) = ({T + 1}, {B}, {H}) and dtype "
             f"{x.dtype}, got {getattr(hs, 'shape', None)} {getattr(hs, 'dtype', None)}"
         )
-    lags, norms, counts = _lag_norms(params, hs, targets, mask, activation, loss, int(max_lag))
+    lags, norms, counts = _lag_norms(params, hs, targets, mask, activation, loss, int(max_lag), workspace)
     if hs.dtype != np.float64 and not all(math.isfinite(v) for v in norms):
         # Squares of float32 adjoints beyond ~1e19 overflow: the whole profile again in float64.
         p64 = {k: v.astype(np.float64) for k, v in params.items()}
@@ -138,7 +140,7 @@ def gradient_flow(
     return out
 
 
-def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: int):
+def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: int, ws: Workspace | None = None):
     """(lags, norms, counts) of the lag profile, every chain at once, with no gather.
 
     One chain per step t from the first supervised step t0 to the last one t1 (each a
@@ -156,6 +158,7 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
     sweep of all chains per lag). Per lag, after the lag's row norms: phi' multiplied into the
     chains in place, and one matmul into the other buffer; the matmuls are all but ~10% of the
     time (config A: 3.9 GFLOP in float32, ~45 ms at this machine's ~90 GFLOP/s per core).
+    ``ws``: where the work buffers live between calls (fresh arrays without it).
     """
     T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     steps = np.flatnonzero(mask.any(axis=1))
@@ -172,15 +175,22 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
     tg = targets[t0 : t1 + 1]
     dy = _step_loss_grad(y, tg.reshape(n * B, *tg.shape[2:]), loss)  # (n B, O)
     dy *= mask[t0 : t1 + 1].reshape(n * B, 1)
-    G0 = (dy @ W_hy).reshape(n, B, H)
-    dphi_of = ACTIVATIONS[activation][1]
-    dphi = None if dphi_of is None else dphi_of(hs[1 : t1 + 2])  # (t1+1, B, H): phi'(a_s), s <= t1
+    dt = hs.dtype
+
+    def buffer(name: str, shape: tuple) -> np.ndarray:
+        # Kept in the workspace between passes: a fresh MB-sized array right after a training
+        # step costs its page faults again (~3 ms of a config A pass, for these four).
+        return np.empty(shape, dtype=dt) if ws is None else ws.get("flow_" + name, shape, dt)
+
+    G0 = buffer("g0", (n, B, H))
+    np.matmul(dy, W_hy, out=G0.reshape(n * B, H))
+    dphi = _dphi_into(activation, hs[1 : t1 + 2], lambda: buffer("dphi", (t1 + 1, B, H)))  # phi'(a_s), s <= t1
     W_hh = params["W_hh"]
 
     per_group = min(n, max(1, _GROUP_BYTES // (B * H * hs.itemsize)))
-    G = np.empty((per_group, B, H), dtype=hs.dtype)  # the group's chains: dL_t/dh at their steps
-    N = np.empty_like(G)  # where the next lag's matmul writes; the two swap every lag
-    sq = np.empty((J + 1, per_group * B), dtype=hs.dtype)  # ||dL_tb/dh_{t-j}||^2 of the group's rows
+    G = buffer("chains", (per_group, B, H))  # the group's chains: dL_t/dh at their steps
+    N = buffer("next", (per_group, B, H))  # where the next lag's matmul writes; the two swap every lag
+    sq = buffer("sq", (J + 1, per_group * B))  # ||dL_tb/dh_{t-j}||^2 of the group's rows
     sums = np.zeros(J + 1)  # float64
     for c0 in range(0, n, per_group):
         c1 = min(c0 + per_group, n)
@@ -211,6 +221,21 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
 
 
 _GROUP_BYTES = 1 << 19  # a group's chain buffer: L2-sized work, still big matmuls
+
+
+def _dphi_into(activation: str, h: np.ndarray, out) -> np.ndarray | None:
+    """phi'(a) from h = phi(a) (any shape), into the array ``out()`` returns; None for the identity."""
+    if ACTIVATIONS[activation][1] is None:
+        return None
+    buf = out()
+    if activation == "tanh":
+        np.multiply(h, h, out=buf)
+        np.subtract(1, buf, out=buf)
+    elif activation == "relu":
+        np.greater(h, 0, out=buf)
+    else:  # pragma: no cover - an activation added to the model without an in-place form here
+        buf[...] = ACTIVATIONS[activation][1](h)
+    return buf
 
 if hasattr(np, "vecdot"):  # NumPy >= 2: about a quarter faster than einsum on (N, 128) float32 rows
 
