@@ -706,13 +706,14 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
 
     A chunk of n steps (n B rows that fit one block of ``_block_steps``) does the work of one
     block of ``loss_and_gradients`` plus its own loss and gradient buffer, and at the chunk
-    sizes where update-per-chunk is used (K = 5: 160 rows at B = 32) the NumPy calls around
-    the arithmetic cost as much as the arithmetic. So this loop makes as few as it can: the
-    work buffers and everything that depends only on the targets and the mask are set up
-    once per sequence (``CrossEntropyChunks``), the forward is one ``forward_into`` over the
-    chunk, the output bias enters in the transposing copy, and the backward chain starts
-    from the chunk's last step with nothing flowing in. The numbers are those of
-    ``_forward_span``, ``cross_entropy`` and ``_chain_gradients`` on the chunk, bit for bit.
+    sizes where update-per-chunk is used (K = 5: 160 rows at B = 32) the NumPy calls and
+    Python around the arithmetic cost as much as the arithmetic. So this loop makes as few as
+    it can: the views of the work buffers for a chunk's length and everything that depends
+    only on the targets and the mask (``CrossEntropyChunks``) are made once per sequence,
+    the output bias enters in the transposing copy, the backward chain starts from the
+    chunk's last step with nothing flowing in, and the finiteness check is one dot product.
+    The arithmetic is that of ``_forward_span``, ``cross_entropy`` and ``_chain_gradients``
+    on the chunk, except that the matmuls read the transposed weights through views.
     """
     T, B, I = x.shape
     H = hs.shape[2]
@@ -729,18 +730,30 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     layout = _grads_layout(params)
     zeros = ws.get("zeros_grads", (layout[0],), dt)  # zeros @ grads is 0, or NaN if one is not finite
     phi = ACTIVATIONS[activation][0]
-    b_y = params["b_y"][:, None]  # (O, 1): params are updated in place, so the view stays current
+    views: dict = {}  # chunk length -> the work buffers' views for it (at most two lengths)
+
+    def views_for(n: int) -> tuple:
+        N = n * B
+        A = A_buf[:n]  # (n, B, H)
+        A2 = A.reshape(N, H)
+        dphi = dphi_buf[:n]
+        steps = list(zip(A[:0:-1], A[-2::-1], dphi[-2::-1]))  # t = n-1 .. 1: (A_t, A_{t-1}, phi'(a_{t-1}))
+        return (xw[:n], xw[:n].reshape(N, H), y_rows[:N], y_rows[:N].T, y_flat[: O * N].reshape(O, N),
+                A2, A2.T, A[n - 1], dphi, dphi[n - 1], steps, ones[:N])
+
     for c, (a, b, sup) in enumerate(zip(firsts.tolist(), lasts.tolist(), supervised.tolist())):
         n = b - a
         N = n * B
+        v = views.get(n) or views.setdefault(n, views_for(n))
+        xw_c, xw2, y_c, y_cT, z, A2, A2T, A_last, dphi, dphi_last, steps, ones_c = v
         hs_c = hs[a : b + 1]  # h_{a-1} .. h_{b-1}
-        x_c = x[a:b]
+        x2 = x[a:b].reshape(N, I)
+        W_hh, W_hy = params["W_hh"], params["W_hy"]
         # The forward of forward_into, from views of the transposed weights: for a few steps
         # their copies (20 us for W_hh^T at H = 128) cost more than the matmuls from them save.
-        xw_c = xw[:n]
-        np.matmul(x_c.reshape(N, I), params["W_xh"].T, out=xw_c.reshape(N, H))
-        xw_c += params["b_h"]
-        W_hhT = params["W_hh"].T
+        np.matmul(x2, params["W_xh"].T, out=xw2)
+        xw2 += params["b_h"]
+        W_hhT = W_hh.T
         for h_prev, h, xw_t in zip(hs_c[:-1], hs_c[1:], xw_c):
             np.matmul(h_prev, W_hhT, out=h)
             h += xw_t
@@ -748,34 +761,32 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
         if not sup:
             continue
         h_rows = hs_c[1:].reshape(N, H)
-        dy2 = y_flat[: O * N].reshape(O, N)  # class-major (O, n B), contiguous whatever n
-        np.matmul(h_rows, params["W_hy"].T, out=y_rows[:N])
-        np.add(y_rows[:N].T, b_y, out=dy2)  # y
+        np.matmul(h_rows, W_hy.T, out=y_c)
+        np.add(y_cT, params["b_y"][:, None], out=z)  # y, class-major (O, n B)
         if ce is not None:
-            value = ce(c, a, b, dy2)  # dy2 becomes dL/dy
+            value = ce(c, a, b, z)  # z becomes dL/dy
+            dy2 = z
         else:
-            value, dy = LOSSES[loss](dy2.reshape(O, n, B), np.moveaxis(targets[a:b], -1, 0), mask[a:b], axis=0)
+            value, dy = LOSSES[loss](z.reshape(O, n, B), np.moveaxis(targets[a:b], -1, 0), mask[a:b], axis=0)
             dy2 = dy.reshape(O, N)
         if not math.isfinite(value):
             raise DivergedError("loss")
         # The chain over the chunk: A_t = phi'(a_t) * (dL/dy_t @ W_hy + A_{t+1} @ W_hh), cut at a.
-        A = A_buf[:n]
-        A2 = A.reshape(N, H)
-        np.matmul(dy2.T, params["W_hy"], out=A2)  # the direct terms dL/dh_t
-        dphi = _dphi_into(activation, hs_c[1:], dphi_buf[:n])  # phi'(a_t), or None
-        W_hh = params["W_hh"]
-        if dphi is not None:
-            np.multiply(A[n - 1], dphi[n - 1], out=A[n - 1])
-        for t in range(n - 1, 0, -1):
-            da = A[t - 1]
-            np.matmul(A[t], W_hh, out=g)  # dL/dh_{t-1} from the steps after it
-            np.add(g, da, out=da)
-            if dphi is not None:
-                np.multiply(da, dphi[t - 1], out=da)
+        np.matmul(dy2.T, W_hy, out=A2)  # the direct terms dL/dh_t
+        if _dphi_into(activation, hs_c[1:], dphi) is None:  # phi' = 1
+            for A_t, da, _ in steps:
+                np.matmul(A_t, W_hh, out=g)  # dL/dh_{t-1} from the steps after it
+                np.add(g, da, out=da)
+        else:
+            np.multiply(A_last, dphi_last, out=A_last)
+            for A_t, da, dphi_t in steps:
+                np.matmul(A_t, W_hh, out=g)
+                np.add(g, da, out=da)
+                np.multiply(da, dphi_t, out=da)
         grads = _new_grads(params, zero=False, layout=layout)  # every element written below
-        np.matmul(A2.T, hs_c[:-1].reshape(N, H), out=grads["W_hh"])
-        np.matmul(A2.T, x_c.reshape(N, I), out=grads["W_xh"])
-        np.matmul(ones[:N], A2, out=grads["b_h"])  # the sum over rows
+        np.matmul(A2T, hs_c[:-1].reshape(N, H), out=grads["W_hh"])
+        np.matmul(A2T, x2, out=grads["W_xh"])
+        np.matmul(ones_c, A2, out=grads["b_h"])  # the sum over rows
         np.matmul(dy2, h_rows, out=grads["W_hy"])
         dy2.sum(axis=1, out=grads["b_y"])
         if np.dot(zeros, grads["W_xh"].base) != 0:  # the one buffer under all five
