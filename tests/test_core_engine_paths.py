@@ -10,7 +10,7 @@ import pytest
 import reference as ref
 
 from bptt_cli.core import bptt
-from bptt_cli.core.errors import InvalidInputError
+from bptt_cli.core.errors import DivergedError, InvalidInputError
 
 KEYS = ref.KEYS
 TOL = 1e-10
@@ -53,15 +53,16 @@ def test_chunked_pass_with_a_shared_workspace_matches_replay(spec):
         np.testing.assert_allclose(h_last, h_ref, rtol=1e-10, atol=1e-13)
 
 
-def test_chunk_grads_are_fresh_arrays():
+@pytest.mark.parametrize("spec", ["tbptt:3:5", "subsequence:3"])  # overlapping windows; the small-chunk loop
+def test_chunk_grads_are_fresh_arrays(spec):
     """The callback may keep a chunk's gradients: later chunks and calls never write into them."""
     rng = np.random.default_rng(31)
     p, x, tg, m, _ = ref.random_problem(rng, 9, 2, 3, 4, 3, "cross_entropy", density=1.0)
     ws = bptt.Workspace()
     kept = []
-    bptt.chunked_pass(p, x, tg, m, "tbptt:3:5", lambda i, L, g: kept.append((g, {k: v.copy() for k, v in g.items()})),
+    bptt.chunked_pass(p, x, tg, m, spec, lambda i, L, g: kept.append((g, {k: v.copy() for k, v in g.items()})),
                       workspace=ws)
-    bptt.chunked_pass(p, x * 0.5, tg, m, "tbptt:3:5", lambda i, L, g: None, workspace=ws)
+    bptt.chunked_pass(p, x * 0.5, tg, m, spec, lambda i, L, g: None, workspace=ws)
     assert len(kept) == 3
     for i, (g, copy) in enumerate(kept):
         for k in KEYS:
@@ -69,6 +70,62 @@ def test_chunk_grads_are_fresh_arrays():
             for j, (other, _) in enumerate(kept):
                 if j != i:
                     assert not np.shares_memory(g[k], other[k]), (i, j, k)
+
+
+@pytest.mark.parametrize("lk", ref.LOSSES)
+@pytest.mark.parametrize("act", ref.ACTIVATIONS)
+@pytest.mark.parametrize("block_steps", [2, None])  # chunks longer than a block; the default: one block
+def test_chunks_of_non_overlapping_windows_on_both_loops(monkeypatch, act, lk, block_steps):
+    """subsequence chunks that fit a block run the small-chunk loop, longer ones the blocked
+    forward and chain; both match the replay, and each test sees the loop it means to."""
+    rng = np.random.default_rng([36, ref.ACTIVATIONS.index(act), ref.LOSSES.index(lk)])
+    T, B, H = 11, 2, 3
+    p, x, tg, m, h0 = ref.random_problem(rng, T, B, 2, H, 3, lk, density=0.7, with_h0=True)
+    if block_steps:
+        monkeypatch.setattr(bptt, "_BLOCK_BYTES", block_steps * B * H * 8)
+    calls = []
+    small = bptt._small_chunks
+    monkeypatch.setattr(bptt, "_small_chunks", lambda *a, **k: calls.append(1) or small(*a, **k))
+    lr = 0.05
+    seen = []
+
+    def on_chunk(index, loss, grads):
+        seen.append((index, loss, {k: grads[k].copy() for k in KEYS}))
+        for k in KEYS:
+            p[k] -= lr * grads[k]
+
+    p0 = {k: v.copy() for k, v in p.items()}
+    bptt.chunked_pass(p, x, tg, m, "subsequence:4", on_chunk, activation=act, loss=lk, h0=h0)
+    assert bool(calls) == (block_steps is None)
+    p_ref, records, _ = ref.chunked_replay(p0, x, tg, m, "subsequence:4", act, lk, h0, lr=lr)
+    assert [i for i, _, _ in seen] == [i for i, _, _ in records]
+    for (i, L, g), (_, L_r, g_r) in zip(seen, records):
+        assert L == pytest.approx(L_r, rel=1e-10), f"{act} {lk} chunk {i} loss"
+        assert_grads_match(g, g_r, f"{act} {lk} blocks of {block_steps} chunk {i}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_chunks_refuse_a_non_finite_gradient(monkeypatch, dtype):
+    """The small-chunk loop checks its gradients with one dot product against zeros: a NaN
+    in phi' (planted in chunk 1, where the loss stays finite) must still stop the pass."""
+    rng = np.random.default_rng(37)
+    p, x, tg, m, _ = ref.random_problem(rng, 9, 2, 2, 3, 2, "cross_entropy", density=1.0)
+    p = {k: v.astype(dtype) for k, v in p.items()}
+    dphi_into = bptt._dphi_into
+    n_calls = []
+
+    def poisoned(activation, h, out):
+        r = dphi_into(activation, h, out)
+        n_calls.append(1)
+        if len(n_calls) == 2:
+            out[0, 0, 0] = np.nan
+        return r
+
+    monkeypatch.setattr(bptt, "_dphi_into", poisoned)
+    seen = []
+    with pytest.raises(DivergedError, match="gradient"):
+        bptt.chunked_pass(p, x.astype(dtype), tg, m, "subsequence:3", lambda i, L, g: seen.append(i))
+    assert seen == [0]
 
 
 # -- the states accessor ---------------------------------------------------------------------
