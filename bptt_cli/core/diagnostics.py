@@ -179,40 +179,38 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
 
     def buffer(name: str, shape: tuple) -> np.ndarray:
         # Kept in the workspace between passes: a fresh MB-sized array right after a training
-        # step costs its page faults again (~3 ms of a config A pass, for these four).
+        # step costs its page faults again (~3 ms of a config A pass, for these).
         return np.empty(shape, dtype=dt) if ws is None else ws.get("flow_" + name, shape, dt)
 
-    G0 = buffer("g0", (n, B, H))
-    np.matmul(dy, W_hy, out=G0.reshape(n * B, H))
     dphi = _dphi_into(activation, hs[1 : t1 + 2], lambda: buffer("dphi", (t1 + 1, B, H)))  # phi'(a_s), s <= t1
+    dphi = None if dphi is None else dphi.reshape((t1 + 1) * B, H)  # row s B + b
     W_hh = params["W_hh"]
 
+    # Rows (chain, b) in 2-D buffers: chain c of a group is rows c B .. c B + B - 1.
     per_group = min(n, max(1, _GROUP_BYTES // (B * H * hs.itemsize)))
-    G = buffer("chains", (per_group, B, H))  # the group's chains: dL_t/dh at their steps
-    N = buffer("next", (per_group, B, H))  # where the next lag's matmul writes; the two swap every lag
+    G = buffer("chains", (per_group * B, H))  # the group's chains: dL_t/dh at their steps
+    N = buffer("next", (per_group * B, H))  # where the next lag's matmul writes; the two swap every lag
     sq = buffer("sq", (J + 1, per_group * B))  # ||dL_tb/dh_{t-j}||^2 of the group's rows
     sums = np.zeros(J + 1)  # float64
     for c0 in range(0, n, per_group):
-        c1 = min(c0 + per_group, n)
-        k = c1 - c0
-        g, nxt = G[:k], N[:k]
-        g[...] = G0[c0:c1]
+        R = (min(c0 + per_group, n) - c0) * B  # the group's rows
+        g, nxt = G[:R], N[:R]
+        np.matmul(dy[c0 * B : c0 * B + R], W_hy, out=g)  # G_0 of the group's chains
         sq.fill(0)  # rows of chains that reached step 0 before the last lag count as 0
         first = t0 + c0  # the group's earliest chain t
         for j in range(J + 1):
-            lo = max(0, j - first)  # first live chain of the group
-            if lo >= k:
+            lo = max(0, j - first) * B  # first live row: chains t >= j
+            if lo >= R:
                 break  # every chain of the group has reached step 0
-            rows = g[lo:].reshape(-1, H)
-            _row_sq(rows, sq[j, lo * B : k * B])
-            lo1 = max(0, j + 1 - first)  # still live at lag j + 1
-            if j == J or lo1 >= k:
+            _row_sq(g[lo:], sq[j, lo:R])
+            lo1 = max(0, j + 1 - first) * B  # first row still live at lag j + 1
+            if j == J or lo1 >= R:
                 break
-            s0 = first + lo1 - j  # the step chain lo1 sits at now (>= 1)
             live = g[lo1:]
             if dphi is not None:  # in place: this lag's norms are taken, and g is not read again
-                np.multiply(live, dphi[s0 : s0 + k - lo1], out=live)  # dL_t/da_{t-j}
-            np.matmul(live.reshape(-1, H), W_hh, out=nxt[lo1:].reshape(-1, H))  # dL_t/dh_{t-j-1}
+                s0 = (first - j) * B + lo1  # phi' row of the first live row (its step >= 1)
+                np.multiply(live, dphi[s0 : s0 + R - lo1], out=live)  # dL_t/da_{t-j}
+            np.matmul(live, W_hh, out=nxt[lo1:])  # dL_t/dh_{t-j-1}
             g, nxt = nxt, g
         np.sqrt(sq, out=sq)
         sums += sq.sum(axis=1, dtype=np.float64)
