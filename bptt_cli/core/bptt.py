@@ -249,7 +249,7 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
     dphi_buf = ws.get("dphi_block", buf.shape, dt)
     Tb = min(T, buf.shape[0])
     g = ws.get("g", (B, H), dt, zero=True)  # dL/dh_t from the steps after t
-    ones = _ones(ws, "ones_block", Tb * B, dt)
+    ones = _ones(ws, "ones_block", buf.shape[0] * B, dt)  # one size for every chunk length
     grads = _new_grads(params, zero=False)  # the first block writes every element
     first = True  # the last block, which runs first, writes the gradients instead of adding to them
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
@@ -644,7 +644,9 @@ def chunked_pass(
     The engine is that of ``loss_and_gradients``, one chunk at a time: the blocked forward
     into the workspace's hs, the class-major loss, and weight gradients as matmuls over the
     window's rows. Chunks whose windows do not overlap (W == C: full, subsequence, tbptt:K:K)
-    run the chain of ``_chain_gradients`` over their own steps; overlapping windows (W > C)
+    run the chain of ``_chain_gradients`` over their own steps, or, when a chunk fits one
+    block, ``_small_chunks``: the same arithmetic in the fewest NumPy calls per chunk, which
+    at a few steps per chunk cost as much as the arithmetic; overlapping windows (W > C)
     run ``_window_gradients``, which keeps the W_hh of the last W // C + 2 chunks in a ring::
 
         tbptt:2:5   steps             0 1|2 3|4 5|6 7     chunks of C = 2, windows of W = 5
@@ -719,12 +721,14 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     H = hs.shape[2]
     O = params["W_hy"].shape[0]
     dt = hs.dtype
-    Tb = max(lasts - firsts)
-    xw = ws.get("xw_block", (Tb, B, H), dt)  # a chunk's input projections
-    y_rows = ws.get("y_block", (Tb * B, O), dt)  # a chunk's outputs, one row per (t, b)
-    A_buf = ws.get("chunk_A", (Tb, B, H), dt)  # dL/dh_t, then A_t
-    dphi_buf = ws.get("chunk_dphi", (Tb, B, H), dt)
-    ones = _ones(ws, "ones_chunk", Tb * B, dt)
+    # The buffers of _forward_span and _chain_gradients, shapes and all, so a workspace that
+    # also serves loss_and_gradients or longer chunks keeps one set: a chunk fits their blocks.
+    Tf, Tc = _block_steps(T, B, max(H, O), dt), _block_steps(T, B, H, dt)
+    xw = ws.get("xw_block", (Tf, B, H), dt)  # a chunk's input projections
+    y_rows = ws.get("y_block", (Tf * B, O), dt)  # a chunk's outputs, one row per (t, b)
+    A_buf = ws.get("block", (Tc, B, H), dt)  # dL/dh_t, then A_t
+    dphi_buf = ws.get("dphi_block", (Tc, B, H), dt)
+    ones = _ones(ws, "ones_block", Tc * B, dt)
     g = ws.get("g", (B, H), dt)
     ce = CrossEntropyChunks(targets, mask, firsts, lasts, dt) if loss == "cross_entropy" else None
     layout = _grads_layout(params)

@@ -7,6 +7,9 @@ Both take outputs ``y (T, B, O)``, a ``mask (T, B)`` of 0/1 and return the maske
 the class-major ``(O, T, B)`` that the engine uses, because NumPy reduces over a leading axis
 a whole contiguous (T, B) plane at a time but over a short trailing axis (O = 10) one row of
 O values at a time, some 20 to 60 times slower.
+
+``CrossEntropyChunks`` is ``cross_entropy`` for ``chunked_pass``'s chunks of one sequence,
+with what depends only on the targets and the mask computed once per sequence.
 """
 
 from __future__ import annotations
