@@ -102,6 +102,7 @@ def test_chunks_of_non_overlapping_windows_on_both_loops(monkeypatch, act, lk, b
     for (i, L, g), (_, L_r, g_r) in zip(seen, records):
         assert L == pytest.approx(L_r, rel=1e-10), f"{act} {lk} chunk {i} loss"
         assert_grads_match(g, g_r, f"{act} {lk} blocks of {block_steps} chunk {i}")
+    assert_grads_match(p, p_ref, f"{act} {lk} blocks of {block_steps} final weights")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
