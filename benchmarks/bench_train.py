@@ -20,7 +20,9 @@ full BPTT, global-norm clipping, Adam, float32, one BLAS thread. Rows, timed in 
   the record) plus the metrics line ``bptt train`` appends, timed alone on one fixed gradient
   and set against the bare loop's time per update;
 - cross-check, printed under the table: one diagnostics pass against one engine update,
-  alternated in short calls (less exposed to a busy machine than whole runs).
+  alternated in short calls (less exposed to a busy machine than whole runs), and where a
+  pass goes: the lag profile against the time its matmuls alone need at this core's float32
+  matmul peak (a 2048^3 product, same run), the spectrum against its eigvals alone.
 
 Targets: trainer + logging overhead at most 10% over the bare loop (issue 7); diagnostics
 every 50 updates at most 1.15x the same run without them, and clip + optimizer + logging at
@@ -33,12 +35,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from _common import alternate, blas_line, console, machine_line, one_thread, verdict
 from rich.table import Table
 
 from bptt_cli import config as cfgmod
 from bptt_cli import runs
-from bptt_cli.core import clipping, optim
+from bptt_cli.core import clipping, diagnostics, optim
 from bptt_cli.core.bptt import Workspace, loss_and_gradients
 from bptt_cli.core.model import RNN
 from bptt_cli.session import execute
@@ -120,6 +123,36 @@ def pass_and_update(cfg: cfgmod.Config, calls: int = 10):
     return update, diagnose
 
 
+def pass_parts(cfg: cfgmod.Config):
+    """The parts of one diagnostics pass as the trainer runs them (after the step's update),
+    the lag profile's matmul FLOPs, and a 2048^3 float32 matmul for this core's peak."""
+    trainer = Trainer(cfg)
+    state = trainer.initial_state()
+    b = trainer.task.train_batch(0, cfg.train.batch_size)
+    kw = {"activation": cfg.model.activation, "loss": trainer.task.loss}
+    ws = trainer.workspace
+    _, grads, _ = loss_and_gradients(state.params, b.x, b.targets, b.mask, "full", workspace=ws, **kw)
+    hs = ws.states()
+    W = state.params["W_hh"].astype(np.float64)
+    # Lag j -> j+1 advances the chains t >= j+1 (from the first to the last supervised step t0..t1).
+    steps = np.flatnonzero(b.mask.any(axis=1))
+    t0, t1 = int(steps[0]), int(steps[-1])
+    J = min(b.x.shape[0] - 1, cfg.diagnostics.max_lag, t1)
+    H, B = W.shape[0], b.x.shape[1]
+    flops = sum(2 * (t1 - max(t0, j + 1) + 1) * B * H * H for j in range(J))
+    a = np.ones((2048, 2048), dtype=np.float32)
+    fns = {
+        "flow": lambda: diagnostics.gradient_flow(
+            state.params, b.x, b.targets, b.mask, **kw, max_lag=cfg.diagnostics.max_lag, hs=hs, workspace=ws
+        ),
+        "spectrum": lambda: diagnostics.spectrum(state.params, hs=hs[1:], activation=kw["activation"]),
+        "eigvals": lambda: np.linalg.eigvals(W),
+        "bias": lambda: diagnostics.bias_for_mode(state.params, b.x, b.targets, b.mask, "full", **kw, grads=grads),
+        "peak": lambda: a @ a,
+    }
+    return fns, flops
+
+
 def trainer_run(cfg: cfgmod.Config, root: Path) -> None:
     d = Path(tempfile.mkdtemp(dir=root))
     execute(cfg, d)
@@ -152,6 +185,8 @@ def main() -> None:
         )
         update, diagnose = pass_and_update(with_diag)
         short = alternate({"update": update, "pass": diagnose}, repeats=15 if not args.quick else 5)
+        parts, flops = pass_parts(with_diag)
+        part = alternate(parts, repeats=15 if not args.quick else 5)
     # Every run ends with one held-out evaluation (eval_size sequences): extra work by
     # design, like diagnostics, so the logging row takes it out and shows it on its own.
     t["logging"] = t["train"] - t["one_eval"]
@@ -188,6 +223,13 @@ def main() -> None:
     out.print(
         f"cross-check in short alternation: one diagnostics pass costs {per_pass:.2f} updates of the engine, "
         f"so every 50 updates about {1 + per_pass / 50:.3f}x the bare loop"
+    )
+    peak = 2 * 2048**3 / part["peak"]
+    out.print(
+        f"one pass: lag profile {part['flow'] * 1e3:.1f} ms ({flops / 1e9:.2f} GFLOP of matmuls, "
+        f"{flops / part['flow'] / 1e9:.0f} GFLOP/s; at this core's float32 matmul peak of {peak / 1e9:.0f} "
+        f"GFLOP/s they alone take {flops / peak * 1e3:.1f} ms), spectrum {part['spectrum'] * 1e3:.1f} ms "
+        f"(eigvals alone {part['eigvals'] * 1e3:.1f} ms), bias {part['bias'] * 1e3:.2f} ms"
     )
 
 

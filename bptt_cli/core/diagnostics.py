@@ -288,10 +288,10 @@ def truncation_bias(grads_mode: dict, grads_full: dict) -> dict:
         raise InvalidInputError(
             f"gradients to compare must have the same keys, got {sorted(grads_mode)} and {sorted(grads_full)}"
         )
-    for k in grads_full:
-        if np.shape(grads_mode[k]) != np.shape(grads_full[k]):
+    for k, g_full in grads_full.items():
+        if np.shape(grads_mode[k]) != np.shape(g_full):
             raise InvalidInputError(
-                f"gradient {k!r} has shape {np.shape(grads_mode[k])} in the mode and {np.shape(grads_full[k])} in full"
+                f"gradient {k!r} has shape {np.shape(grads_mode[k])} in the mode and {np.shape(g_full)} in full"
             )
     keys = list(grads_full)
     out = _compare(
