@@ -733,7 +733,7 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     ce = CrossEntropyChunks(targets, mask, firsts, lasts, dt) if loss == "cross_entropy" else None
     layout = _grads_layout(params)
     zeros = ws.get("zeros_grads", (layout[0],), dt)  # zeros @ grads is 0, or NaN if one is not finite
-    phi = ACTIVATIONS[activation][0]
+    phi, tanh = ACTIVATIONS[activation][0], activation == "tanh"
     views: dict = {}  # chunk length -> the work buffers' views for it (at most two lengths)
 
     def views_for(n: int) -> tuple:
@@ -761,7 +761,10 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
         for h_prev, h, xw_t in zip(hs_c[:-1], hs_c[1:], xw_c):
             np.matmul(h_prev, W_hhT, out=h)
             h += xw_t
-            phi(h)
+            if tanh:
+                np.tanh(h, out=h)  # phi(h), without a Python call around it
+            else:
+                phi(h)
         if not sup:
             continue
         h_rows = hs_c[1:].reshape(N, H)
@@ -780,13 +783,13 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
         if _dphi_into(activation, hs_c[1:], dphi) is None:  # phi' = 1
             for A_t, da, _ in steps:
                 np.matmul(A_t, W_hh, out=g)  # dL/dh_{t-1} from the steps after it
-                np.add(g, da, out=da)
+                da += g
         else:
-            np.multiply(A_last, dphi_last, out=A_last)
+            A_last *= dphi_last
             for A_t, da, dphi_t in steps:
                 np.matmul(A_t, W_hh, out=g)
-                np.add(g, da, out=da)
-                np.multiply(da, dphi_t, out=da)
+                da += g
+                da *= dphi_t
         grads = _new_grads(params, zero=False, layout=layout)  # every element written below
         np.matmul(A2T, hs_c[:-1].reshape(N, H), out=grads["W_hh"])
         np.matmul(A2T, x2, out=grads["W_xh"])

@@ -85,9 +85,7 @@ class CrossEntropyChunks:
         total = np.add.reduce(z, axis=0)
         z /= total  # softmax(y)
         logp -= np.log(total, out=total)  # log softmax(y) at the target
-        if logp.dtype != np.float64:  # accumulate in float64 whatever the run's dtype
-            logp = logp.astype(np.float64)
-        loss = -float(np.dot(self._m[r0:r1], logp)) / self._sums[c]
+        loss = -float(np.dot(self._m[r0:r1], logp)) / self._sums[c]  # in float64 (m is) whatever the dtype
         zf[at] -= 1  # dL/dy = (softmax - onehot) * m / sum(m)
         z *= self._w[r0:r1]
         return loss
