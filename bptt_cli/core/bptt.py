@@ -715,7 +715,8 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     the output bias enters in the transposing copy, the backward chain starts from the
     chunk's last step with nothing flowing in, and the finiteness check is one dot product.
     The arithmetic is that of ``_forward_span``, ``cross_entropy`` and ``_chain_gradients``
-    on the chunk, except that the matmuls read the transposed weights through views.
+    on the chunk; the matmuls read the transposed weights through views, which OpenBLAS
+    0.3.31 turns into the same bits as the copies (checked on config A, float32 and 64).
     """
     T, B, I = x.shape
     H = hs.shape[2]
