@@ -198,6 +198,23 @@ def test_gradient_flow_with_a_workspace_equals_fresh_buffers(act):
         np.testing.assert_array_equal(ws.states(), saved)
 
 
+def test_gradient_flow_keeps_no_buffer_that_grows_with_t(monkeypatch):
+    """What the workspace keeps between passes is sized by the group of chains and max_lag:
+    the same for T = 30 and T = 300 (phi' is taken a group's span at a time, not for all T)."""
+    kept = []
+    for T in (30, 300):
+        p, x, tg, m, h0 = _problem(30, T=T, density=0.8)
+        B, H = x.shape[1], p["W_hh"].shape[0]
+        monkeypatch.setattr(diagnostics, "_GROUP_BYTES", 4 * B * H * 8)
+        ws = bptt.Workspace()
+        flow = diagnostics.gradient_flow(p, x, tg, m, activation="tanh", loss="cross_entropy", h0=h0, max_lag=5,
+                                         workspace=ws)
+        want, _ = _flow_by_loops(p, x, tg, m, "tanh", "cross_entropy", h0, 5)
+        np.testing.assert_allclose(flow["norms"], want, rtol=1e-12)
+        kept.append(sorted((k[0], k[1]) for k in ws._bufs if k[0].startswith("flow_")))
+    assert kept[0] == kept[1] and kept[0]
+
+
 def test_gradient_flow_refuses_states_of_another_shape():
     p, x, tg, m, h0 = _problem(25)
     hs, _ = model.forward(p, x, activation="tanh", h0=h0)

@@ -179,18 +179,19 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
 
     def buffer(name: str, shape: tuple) -> np.ndarray:
         # Kept in the workspace between passes: a fresh MB-sized array right after a training
-        # step costs its page faults again (~3 ms of a config A pass, for these).
+        # step costs its page faults again (~3 ms of a config A pass). Every one is sized by
+        # the group and J, never by T, so what the workspace keeps stays bounded.
         return np.empty(shape, dtype=dt) if ws is None else ws.get("flow_" + name, shape, dt)
 
-    dphi = _dphi_into(activation, hs[1 : t1 + 2], lambda: buffer("dphi", (t1 + 1, B, H)))  # phi'(a_s), s <= t1
-    dphi = None if dphi is None else dphi.reshape((t1 + 1) * B, H)  # row s B + b
     W_hh = params["W_hh"]
-
     # Rows (chain, b) in 2-D buffers: chain c of a group is rows c B .. c B + B - 1.
     per_group = min(n, max(1, _GROUP_BYTES // (B * H * hs.itemsize)))
     G = buffer("chains", (per_group * B, H))  # the group's chains: dL_t/dh at their steps
     N = buffer("next", (per_group * B, H))  # where the next lag's matmul writes; the two swap every lag
     sq = buffer("sq", (J + 1, per_group * B))  # ||dL_tb/dh_{t-j}||^2 of the group's rows
+    # phi'(a_s) of the steps a group walks, row (s - s_lo) B + b: fewer than per_group + J steps
+    P = None if ACTIVATIONS[activation][1] is None else buffer("dphi", (min(per_group + J, t1 + 1) * B, H))
+    dphi = None
     sums = np.zeros(J + 1)  # float64
     for c0 in range(0, n, per_group):
         R = (min(c0 + per_group, n) - c0) * B  # the group's rows
@@ -198,6 +199,11 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
         np.matmul(dy[c0 * B : c0 * B + R], W_hy, out=g)  # G_0 of the group's chains
         sq.fill(0)  # rows of chains that reached step 0 before the last lag count as 0
         first = t0 + c0  # the group's earliest chain t
+        # Lags j < J multiply chain t >= j + 1 by phi'(a_{t-j}): steps max(1, first - J + 1) .. first + k - 1.
+        s_lo = max(1, first - J + 1)
+        s_hi = first + R // B - 1
+        if P is not None:
+            dphi = _dphi_into(activation, hs[s_lo + 1 : s_hi + 2].reshape(-1, H), P[: max(0, s_hi - s_lo + 1) * B])
         for j in range(J + 1):
             lo = max(0, j - first) * B  # first live row: chains t >= j
             if lo >= R:
@@ -208,7 +214,7 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
                 break
             live = g[lo1:]
             if dphi is not None:  # in place: this lag's norms are taken, and g is not read again
-                s0 = (first - j) * B + lo1  # phi' row of the first live row (its step >= 1)
+                s0 = (first - j - s_lo) * B + lo1  # phi' row of the first live row (its step >= s_lo)
                 np.multiply(live, dphi[s0 : s0 + R - lo1], out=live)  # dL_t/da_{t-j}
             np.matmul(live, W_hh, out=nxt[lo1:])  # dL_t/dh_{t-j-1}
             g, nxt = nxt, g
@@ -221,19 +227,16 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
 _GROUP_BYTES = 1 << 19  # a group's chain buffer: L2-sized work, still big matmuls
 
 
-def _dphi_into(activation: str, h: np.ndarray, out) -> np.ndarray | None:
-    """phi'(a) from h = phi(a) (any shape), into the array ``out()`` returns; None for the identity."""
-    if ACTIVATIONS[activation][1] is None:
-        return None
-    buf = out()
+def _dphi_into(activation: str, h: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """phi'(a) from h = phi(a), written into ``out`` (h's shape) and returned; not for the identity."""
     if activation == "tanh":
-        np.multiply(h, h, out=buf)
-        np.subtract(1, buf, out=buf)
+        np.multiply(h, h, out=out)
+        np.subtract(1, out, out=out)
     elif activation == "relu":
-        np.greater(h, 0, out=buf)
+        np.greater(h, 0, out=out)
     else:  # pragma: no cover - an activation added to the model without an in-place form here
-        buf[...] = ACTIVATIONS[activation][1](h)
-    return buf
+        out[...] = ACTIVATIONS[activation][1](h)
+    return out
 
 if hasattr(np, "vecdot"):  # NumPy >= 2: about a quarter faster than einsum on (N, 128) float32 rows
 
