@@ -674,6 +674,7 @@ def chunked_pass(
     if not overlap and C <= _block_steps(T, B, max(H, O), dt):
         _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation, loss, ws)
         return hs[T].copy()
+    ce = CrossEntropyChunks(targets, mask, firsts, lasts, dt) if loss == "cross_entropy" else None
     R = Wmax // C + 2  # chunks a window can reach: its own and those its W - C extra steps touch
     W_ran = ws.get("W_ran", (R, H, H), dt) if overlap else None  # W_ran[c % R]: chunk c's W_hh
     for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
@@ -689,8 +690,10 @@ def chunked_pass(
         if not supervised[c]:
             continue
         y += params["b_y"][:, None, None]
-        tg = targets[a:b] if loss == "cross_entropy" else np.moveaxis(targets[a:b], -1, 0)
-        value, dy = LOSSES[loss](y, tg, mask[a:b], axis=0)  # dy (O, n, B)
+        if ce is not None:
+            value, dy = ce(c, a, b, y.reshape(O, n * B)), y  # y becomes dL/dy
+        else:
+            value, dy = LOSSES[loss](y, np.moveaxis(targets[a:b], -1, 0), mask[a:b], axis=0)  # dy (O, n, B)
         if not math.isfinite(value):
             raise DivergedError("loss")
         if f == a:  # the window is the chunk itself
