@@ -156,8 +156,9 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
     the engine's lag sweep, the chains run in groups through all their lags, so a group's
     buffers and the phi' rows it walks stay in cache (about 20% faster on config A than one
     sweep of all chains per lag). Per lag, after the lag's row norms: phi' multiplied into the
-    chains in place, and one matmul into the other buffer; the matmuls are all but ~10% of the
-    time (config A: 3.9 GFLOP in float32, ~45 ms at this machine's ~90 GFLOP/s per core).
+    chains in place, and one matmul into the other buffer. The matmuls are the floor: config A's
+    3.9 GFLOP take ~43 ms at this machine's float32 matmul peak (~90 GFLOP/s on one core), of
+    the sweep's ~53 ms (``benchmarks/bench_train.py`` prints both).
     ``ws``: where the work buffers live between calls (fresh arrays without it).
     """
     T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
@@ -199,7 +200,7 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
         np.matmul(dy[c0 * B : c0 * B + R], W_hy, out=g)  # G_0 of the group's chains
         sq.fill(0)  # rows of chains that reached step 0 before the last lag count as 0
         first = t0 + c0  # the group's earliest chain t
-        # Lags j < J multiply chain t >= j + 1 by phi'(a_{t-j}): steps max(1, first - J + 1) .. first + k - 1.
+        # Lags j < J multiply chain t >= j + 1 by phi'(a_{t-j}): steps max(1, first - J + 1) .. the last chain's t.
         s_lo = max(1, first - J + 1)
         s_hi = first + R // B - 1
         if P is not None:
