@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from bptt_cli.core.bptt import Workspace, check_inputs, loss_and_gradients
+from bptt_cli.core.bptt import Workspace, _dphi_into, check_inputs, loss_and_gradients
 from bptt_cli.core.errors import InvalidInputError
 from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward
 from bptt_cli.core.truncation import Truncation, parse
@@ -227,17 +227,6 @@ def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: i
 
 _GROUP_BYTES = 1 << 19  # a group's chain buffer: L2-sized work, still big matmuls
 
-
-def _dphi_into(activation: str, h: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """phi'(a) from h = phi(a), written into ``out`` (h's shape) and returned; not for the identity."""
-    if activation == "tanh":
-        np.multiply(h, h, out=out)
-        np.subtract(1, out, out=out)
-    elif activation == "relu":
-        np.greater(h, 0, out=out)
-    else:  # pragma: no cover - an activation added to the model without an in-place form here
-        out[...] = ACTIVATIONS[activation][1](h)
-    return out
 
 if hasattr(np, "vecdot"):  # NumPy >= 2: about a quarter faster than einsum on (N, 128) float32 rows
 
