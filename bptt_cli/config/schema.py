@@ -115,18 +115,85 @@ class TaskConfig(_Section):
         return {"name": self.name, **handler(self)["params"]}
 
 
-class ModelConfig(_Section):
-    """The Elman RNN: h_t = phi(W_xh x_t + W_hh h_{t-1} + b_h), y_t = W_hy h_t + b_y."""
+GATED = ("gru", "lstm")
+MAX_FORGET_BIAS = 100.0  # sigmoid(100) is 1 in float64: a larger bias changes nothing
 
+
+class ModelConfig(_Section):
+    """The recurrent cell. elman: h_t = phi(W_xh x_t + W_hh h_{t-1} + b_h); gru and lstm:
+    PyTorch's cells, in its layout and gate order (docs/cells.md); all read out y_t = W_hy h_t + b_y.
+
+    ``activation`` and ``spectral_radius`` belong to the Elman cell and ``forget_bias`` to the
+    LSTM: a value other than the default on another cell is refused rather than ignored. A gated
+    cell's ``init`` defaults to ``pytorch`` when not given. ``cell`` is left out of the plain data
+    when it is elman and ``forget_bias`` unless the cell is lstm, so every Elman config reads,
+    dumps and digests exactly as before these keys existed.
+    """
+
+    cell: Literal["elman", "gru", "lstm"] = Field("elman", description="the recurrent cell: elman, gru or lstm")
     hidden: Count = Field(64, description="hidden units H")
-    activation: Literal["tanh", "relu", "identity"] = Field("tanh", description="phi, the hidden nonlinearity")
-    init: Literal["orthogonal", "gaussian", "identity"] = Field(
-        "orthogonal", description="initialisation of W_hh (identity = IRNN)"
+    activation: Literal["tanh", "relu", "identity"] = Field(
+        "tanh", description="phi, the hidden nonlinearity (elman only; gated cells have their own)"
+    )
+    init: Literal["orthogonal", "gaussian", "identity", "pytorch"] = Field(
+        "orthogonal",
+        description="elman: W_hh orthogonal, gaussian or identity (IRNN); gru, lstm: pytorch (their default) or orthogonal",
     )
     spectral_radius: Annotated[Float, Field(gt=0, le=MAX_SPECTRAL_RADIUS)] = Field(
-        1.0, description="scale of W_hh: < 1 vanishing, > 1 exploding gradients"
+        1.0, description="scale of W_hh: < 1 vanishing, > 1 exploding gradients (elman only)"
+    )
+    forget_bias: Annotated[Float, Field(ge=-MAX_FORGET_BIAS, le=MAX_FORGET_BIAS)] = Field(
+        1.0, description="lstm only: initial bias of the forget gate (in bias_ih; bias_hh's is 0)"
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of every array")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gated_init(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("cell") in GATED and data.get("init") is None:
+            data = {**data, "init": "pytorch"}  # PyTorch's own default for its gated cells
+        return data
+
+    @model_validator(mode="after")
+    def _cell_keys(self) -> ModelConfig:
+        cell = self.cell
+        if cell == "elman" and self.init == "pytorch":
+            raise ConfigError("pytorch is for the gru and lstm cells; elman takes init orthogonal, gaussian or identity", "init")
+        if cell in GATED:
+            if self.init != "pytorch" and self.init != "orthogonal":
+                raise ConfigError(
+                    f"cell {cell} takes pytorch (uniform +-1/sqrt(H), the default) or orthogonal "
+                    f"(orthogonal recurrent blocks), got {self.init!r}",
+                    "init",
+                )
+            if self.activation != "tanh":
+                raise ConfigError(
+                    f"{self.activation!r} is the elman cell's nonlinearity; cell {cell} has its own "
+                    "(sigmoid gates, tanh): remove model.activation or use cell: elman",
+                    "activation",
+                )
+            if self.spectral_radius != 1.0:
+                raise ConfigError(
+                    f"{self.spectral_radius!r} scales the elman cell's W_hh; cell {cell} takes none: "
+                    "remove model.spectral_radius or use cell: elman",
+                    "spectral_radius",
+                )
+        if cell != "lstm" and self.forget_bias != 1.0:
+            raise ConfigError(
+                f"{self.forget_bias!r} is the lstm's forget-gate bias; cell {cell} has no forget gate: "
+                "remove model.forget_bias or use cell: lstm",
+                "forget_bias",
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _cell_keys_only(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if self.cell == "elman":
+            del out["cell"]
+        if self.cell != "lstm":
+            del out["forget_bias"]
+        return out
 
 
 _TRUNCATION_RULES = (
