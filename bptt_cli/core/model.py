@@ -81,47 +81,145 @@ class RNN:
         spectral_radius: float = 1.0,
         seed: int = 0,
         dtype=np.float32,
+        init_params: dict | None = None,
     ) -> RNN:
-        """Fresh parameters.
-
-        ``W_hh`` is ``orthogonal`` (rho * Q, Q orthogonal, so every eigenvalue has modulus
-        rho), ``gaussian`` (std rho / sqrt(H), spectral radius close to rho for large H) or
-        ``identity`` (rho * I, the IRNN of Le et al. 2015); rho = ``spectral_radius``.
-        ``W_xh`` and ``W_hy`` are Gaussian with std 1/sqrt(fan-in); biases are zero.
-        """
-        for name, v in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
+        """Fresh parameters (see :func:`init_elman`)."""
         check_activation(activation)
-        if init not in INITS:
-            raise InvalidInputError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-        if not np.isfinite(spectral_radius) or spectral_radius <= 0:
-            raise InvalidInputError(f"spectral_radius must be a positive number, got {spectral_radius!r}")
-        dt = check_dtype(dtype)
-        rng = np.random.default_rng(seed)
-        H = n_hidden
-        if init == "orthogonal":
-            q, r = np.linalg.qr(rng.standard_normal((H, H)))
-            q *= np.sign(np.diag(r))  # makes Q uniformly (Haar) distributed
-            W_hh = spectral_radius * q
-        elif init == "gaussian":
-            W_hh = rng.standard_normal((H, H)) * (spectral_radius / np.sqrt(H))
-        else:
-            W_hh = spectral_radius * np.eye(H)
-        params = {
-            "W_xh": rng.standard_normal((H, n_in)) / np.sqrt(n_in),
-            "W_hh": W_hh,
-            "b_h": np.zeros(H),
-            "W_hy": rng.standard_normal((n_out, H)) / np.sqrt(H),
-            "b_y": np.zeros(n_out),
-        }
-        return cls({k: v.astype(dt) for k, v in params.items()}, activation)
+        params = init_elman(
+            n_in, n_hidden, n_out, init=init, spectral_radius=spectral_radius, seed=seed, dtype=dtype, init_params=init_params
+        )
+        return cls(params, activation)
 
     @property
     def sizes(self) -> tuple[int, int, int]:
         """(I, H, O)."""
         H, I = self.params["W_xh"].shape
         return I, H, self.params["W_hy"].shape[0]
+
+
+# Per-matrix distributions of ``init_params`` and the keys each one takes.
+MATRIX_DISTS = {"default": (), "gaussian": ("std",), "uniform": ("scale",), "orthogonal": ("gain",), "identity": ("gain",)}
+
+
+def init_elman(
+    n_in: int,
+    n_hidden: int,
+    n_out: int,
+    *,
+    init: str = "orthogonal",
+    spectral_radius: float = 1.0,
+    seed: int = 0,
+    dtype=np.float32,
+    init_params: dict | None = None,
+) -> dict[str, np.ndarray]:
+    """Fresh Elman parameters, all drawn from ``default_rng(seed)`` in the order W_hh, W_xh, W_hy.
+
+    By default ``W_hh`` is ``orthogonal`` (rho * Q, Q orthogonal, so every eigenvalue has
+    modulus rho), ``gaussian`` (std rho / sqrt(H), spectral radius close to rho for large H) or
+    ``identity`` (rho * I, the IRNN of Le et al. 2015); rho = ``spectral_radius``.
+    ``W_xh`` and ``W_hy`` are Gaussian with std 1/sqrt(fan-in); biases are zero.
+
+    ``init_params`` overrides that per parameter: ``{"W_xh": {"dist": "gaussian", "std": 0.01},
+    "b_h": 0.5, ...}``. A matrix takes ``dist`` default (the above), gaussian (``std``: std *
+    N(0, 1)), uniform (``scale``: U(-scale, scale)), orthogonal (``gain`` times a matrix with
+    orthonormal rows or columns, the Haar-distributed Q of a QR) or identity (``gain`` times
+    the rectangular identity); a bias takes a constant. Leaving every entry at its default
+    draws exactly what the shorthand draws, so the numbers are bit for bit the same.
+    """
+    for name, v in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
+    if init not in INITS:
+        raise InvalidInputError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if not np.isfinite(spectral_radius) or spectral_radius <= 0:
+        raise InvalidInputError(f"spectral_radius must be a positive number, got {spectral_radius!r}")
+    dt = check_dtype(dtype)
+    spec = dict(init_params or {})
+    unknown = [k for k in spec if k not in PARAM_NAMES]
+    if unknown:
+        raise InvalidInputError(f"init_params has no parameter {unknown[0]!r}; parameters are {', '.join(PARAM_NAMES)}")
+    rng = np.random.default_rng(seed)
+    H = n_hidden
+
+    def default_W_hh(rng: np.random.Generator) -> np.ndarray:
+        if init == "orthogonal":
+            return spectral_radius * _orthogonal(rng, H, H)
+        if init == "gaussian":
+            return rng.standard_normal((H, H)) * (spectral_radius / np.sqrt(H))
+        return spectral_radius * np.eye(H)
+
+    defaults = {
+        "W_hh": default_W_hh,
+        "W_xh": lambda rng: rng.standard_normal((H, n_in)) / np.sqrt(n_in),
+        "W_hy": lambda rng: rng.standard_normal((n_out, H)) / np.sqrt(H),
+    }
+    shapes = {"W_hh": (H, H), "W_xh": (H, n_in), "W_hy": (n_out, H)}
+    params = {k: _matrix(k, spec.get(k), shapes[k], defaults[k], rng) for k in ("W_hh", "W_xh", "W_hy")}
+    for k, n in (("b_h", H), ("b_y", n_out)):
+        c = spec.get(k, 0.0)
+        if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) or not np.isfinite(c):
+            raise InvalidInputError(f"init_params {k} must be a finite number (the bias's constant), got {c!r}")
+        params[k] = np.full(n, float(c))
+    return {k: params[k].astype(dt) for k in PARAM_NAMES}
+
+
+def _orthogonal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) matrix with orthonormal columns (rows >= cols) or rows, Haar distributed."""
+    q, r = np.linalg.qr(rng.standard_normal((max(rows, cols), min(rows, cols))))
+    q *= np.sign(np.diag(r))  # makes Q uniformly (Haar) distributed
+    return q if rows >= cols else q.T
+
+
+def _matrix(name: str, spec, shape: tuple[int, int], default, rng: np.random.Generator) -> np.ndarray:
+    """One weight matrix drawn as ``spec`` says (None or dist default: ``default(rng)``)."""
+    if spec is None:
+        return default(rng)
+    if not isinstance(spec, dict) or spec.get("dist", "default") not in MATRIX_DISTS:
+        raise InvalidInputError(
+            f"init_params {name} must be a mapping with dist one of {', '.join(MATRIX_DISTS)}, got {spec!r}"
+        )
+    dist = spec.get("dist", "default")
+    keys = MATRIX_DISTS[dist]
+    extra = [k for k in spec if k not in ("dist", *keys)]
+    if extra:
+        takes = ", ".join(keys) or "no other key"
+        raise InvalidInputError(f"init_params {name}: dist {dist} takes {takes}, not {extra[0]!r}")
+    for k in keys:
+        v = spec.get(k, 1.0 if k == "gain" else None)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v <= 0:
+            raise InvalidInputError(f"init_params {name}: dist {dist} needs {k} > 0, got {v!r}")
+    if dist == "default":
+        return default(rng)
+    if dist == "gaussian":
+        return rng.standard_normal(shape) * float(spec["std"])
+    if dist == "uniform":
+        s = float(spec["scale"])
+        return rng.uniform(-s, s, shape)
+    gain = float(spec.get("gain", 1.0))
+    if dist == "orthogonal":
+        return gain * _orthogonal(rng, *shape)
+    return gain * np.eye(*shape)
+
+
+def check_params_like(arrays: dict, like: dict, where: str) -> dict[str, np.ndarray]:
+    """Copies of ``arrays`` in ``like``'s key order, or one InvalidInputError listing every
+    name, shape, dtype or non-finite value that differs from ``like`` (the model's parameters)."""
+    problems = [f"missing {k}" for k in like if k not in arrays]
+    problems += [f"unexpected {k}" for k in arrays if k not in like]
+    for k, v in like.items():
+        a = arrays.get(k)
+        if a is None:
+            continue
+        if a.shape != v.shape or a.dtype != v.dtype:
+            problems.append(f"{k} is {a.dtype} {tuple(a.shape)}, the model's {v.dtype} {tuple(v.shape)}")
+        elif not np.isfinite(a).all():
+            problems.append(f"{k} has NaN or Inf entries")
+    if problems:
+        want = ", ".join(f"{k} {tuple(v.shape)}" for k, v in like.items())
+        raise InvalidInputError(
+            f"{where} does not fit this model: {'; '.join(problems)} (expected {want}, all {next(iter(like.values())).dtype})"
+        )
+    return {k: np.array(arrays[k], copy=True) for k in like}
 
 
 def forward_into(

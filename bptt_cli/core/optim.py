@@ -6,6 +6,12 @@
     adam     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
              p <- p - lr m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
 
+With ``eps_inside_sqrt=True`` the adaptive three divide by sqrt(acc + eps) instead of
+sqrt(acc) + eps (min-char-rnn's Adagrad: ``dparam / np.sqrt(mem + 1e-8)``). The two differ
+most while acc is tiny: at acc = 0 the step is g / sqrt(eps) against g / eps, so early
+updates of rarely-seen weights are 1e4 times smaller with eps = 1e-8 inside. The state
+slots are the same either way, so checkpoints of both forms load into each other.
+
 Storage
 -------
 An update touches every entry of every parameter the same way, so it runs over one
@@ -218,7 +224,9 @@ class Optimizer:
         self._state, self._layout, self._loaded = state, _layout(params), {}
 
     def hyper(self) -> dict:
-        return {n: getattr(self, n) for n in inspect.signature(type(self).__init__).parameters if n != "self"}
+        """The constructor's arguments; eps_inside_sqrt only when true, like the config's."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {n: getattr(self, n) for n in names if n != "eps_inside_sqrt" or self.eps_inside_sqrt}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """``{"t": ..., "slot/param": ...}``, copies (a snapshot the optimizer never changes)."""
@@ -284,28 +292,29 @@ class Adagrad(Optimizer):
     name = "adagrad"
     slots = ("G",)
 
-    def __init__(self, lr: float = 0.01, eps: float = 1e-10) -> None:
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, eps_inside_sqrt: bool = False) -> None:
         super().__init__(lr)
         _positive("eps", eps)
-        self.eps = float(eps)
+        self.eps, self.eps_inside_sqrt = float(eps), _flag("eps_inside_sqrt", eps_inside_sqrt)
 
     def _update(self, p, g, state, s1, s2):
         f, G = p.dtype.type, state["G"]
         np.multiply(g, g, out=s1)
         G += s1
-        _scaled_step(p, g, G, f(self.lr), f(self.eps), s1, s2)
+        _scaled_step(p, g, G, f(self.lr), f(self.eps), s1, s2, self.eps_inside_sqrt)
 
 
 class RMSprop(Optimizer):
     name = "rmsprop"
     slots = ("s",)
 
-    def __init__(self, lr: float = 0.001, alpha: float = 0.99, eps: float = 1e-8) -> None:
+    def __init__(self, lr: float = 0.001, alpha: float = 0.99, eps: float = 1e-8, eps_inside_sqrt: bool = False) -> None:
         super().__init__(lr)
         if not 0 <= alpha < 1:
             raise InvalidInputError(f"rmsprop alpha must be in [0, 1), got {alpha!r}")
         _positive("eps", eps)
         self.alpha, self.eps = float(alpha), float(eps)
+        self.eps_inside_sqrt = _flag("eps_inside_sqrt", eps_inside_sqrt)
 
     def _update(self, p, g, state, s1, s2):
         f, s = p.dtype.type, state["s"]
@@ -313,20 +322,23 @@ class RMSprop(Optimizer):
         np.multiply(g, f(1 - self.alpha), out=s1)
         s1 *= g  # ((1 - alpha) g) g, in that order
         s += s1
-        _scaled_step(p, g, s, f(self.lr), f(self.eps), s1, s2)
+        _scaled_step(p, g, s, f(self.lr), f(self.eps), s1, s2, self.eps_inside_sqrt)
 
 
 class Adam(Optimizer):
     name = "adam"
     slots = ("m", "v")
 
-    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+    def __init__(
+        self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, eps_inside_sqrt: bool = False
+    ) -> None:
         super().__init__(lr)
         for n, b in (("beta1", beta1), ("beta2", beta2)):
             if not 0 <= b < 1:
                 raise InvalidInputError(f"adam {n} must be in [0, 1), got {b!r}")
         _positive("eps", eps)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.eps_inside_sqrt = _flag("eps_inside_sqrt", eps_inside_sqrt)
 
     def _update(self, p, g, state, s1, s2):
         f, m, v = p.dtype.type, state["m"], state["v"]
@@ -341,17 +353,26 @@ class Adam(Optimizer):
         c2 = 1 - self.beta2**self.t
         np.multiply(m, f(self.lr / c1), out=s1)  # lr m_hat
         np.divide(v, f(c2), out=s2)  # v_hat
-        np.sqrt(s2, out=s2)
-        s2 += f(self.eps)
+        if self.eps_inside_sqrt:
+            s2 += f(self.eps)
+            np.sqrt(s2, out=s2)
+        else:
+            np.sqrt(s2, out=s2)
+            s2 += f(self.eps)
         s1 /= s2
         p -= s1
 
 
-def _scaled_step(p, g, acc, lr, eps, s1, s2) -> None:
-    """p <- p - lr g / (sqrt(acc) + eps), through the scratch s1, s2 (adagrad, rmsprop)."""
+def _scaled_step(p, g, acc, lr, eps, s1, s2, inside: bool = False) -> None:
+    """p <- p - lr g / (sqrt(acc) + eps), or / sqrt(acc + eps) when ``inside``, through the
+    scratch s1, s2 (adagrad, rmsprop)."""
     np.multiply(g, lr, out=s1)
-    np.sqrt(acc, out=s2)
-    s2 += eps
+    if inside:
+        np.add(acc, eps, out=s2)
+        np.sqrt(s2, out=s2)
+    else:
+        np.sqrt(acc, out=s2)
+        s2 += eps
     s1 /= s2
     p -= s1
 
@@ -369,6 +390,12 @@ def make(name: str, **hyper) -> Optimizer:
     if unknown:
         raise InvalidInputError(f"{name} has no hyperparameter {unknown[0]!r}; allowed: {', '.join(allowed)}")
     return cls(**hyper)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def _positive(name: str, value) -> None:
