@@ -610,6 +610,53 @@ def gradcheck(
 
 
 @app.command()
+def estimators(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (omitted: the quickstart, or the run's config with --from)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    modes: Optional[str] = typer.Option(None, "--modes", help="Comma-separated truncation specs (default: the config's compare modes plus full)."),
+    samples: int = typer.Option(20, "--samples", help="Estimates drawn per batch for a random mode (a deterministic mode takes one)."),
+    batches: int = typer.Option(1, "--batches", help="Training batches the estimates are averaged over (the config's first N)."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Measure at this run's checkpoint instead of the initial weights."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed of the random modes' draws (default: the config's seed)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Shrink the config first (as train --smoke: batch of at most 8)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON on stdout."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the table as CSV to this file."),
+    threads_: Optional[str] = typer.Option(None, "--threads", help=THREADS_HELP),
+) -> None:
+    """Bias, variance and cost of each truncation mode as an estimator of the full gradient, on fixed batches."""
+    from bptt_cli import compare as cmp
+    from bptt_cli import config as cfgmod
+    from bptt_cli import estimators as est
+    from bptt_cli import runs, threads
+
+    with user_errors():
+        est.check_options(samples, batches)
+        if from_run is not None:
+            if config is not None or set_ or smoke:
+                raise fail("--from measures at a run's checkpoint with the run's own config; drop CONFIG, --set and --smoke")
+            runs.load_run(from_run)  # a clear error for a folder that is not a run
+            cfg = cfgmod.load_config(from_run / "config.yaml")
+        else:
+            cfg = cfgmod.load_config(config, set_)
+            if smoke:
+                cfg = cfgmod.smoke(cfg)
+        specs = cmp.parse_modes(modes) if modes else est.default_modes(cfg)
+        setting = cfg.train.threads if threads_ is None else threads.parse_setting(threads_)
+        with threads.limit(threads.choose(setting, batch=cfg.train.batch_size, hidden=cfg.model.hidden, dtype="float64")):
+            problem = est.load_problem(cfg, from_run=from_run, batches=batches)
+            result = est.measure(problem, specs, samples=samples, seed=cfg.seed if seed is None else seed)
+        result["meta"].update(config=cfg.name, task=cfg.task.name)
+        if csv_path is not None:
+            est.write_csv(result, csv_path)
+    if as_json:
+        out.print_json(json.dumps(runs._jsonable(result)))
+    else:
+        out.print(render.estimators_table(result))
+    if csv_path is not None:
+        err.print(f"wrote {csv_path}", markup=False)
+
+
+@app.command()
 def plot(
     path: Path = typer.Argument(..., help="A run directory or a compare directory."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Image to write (default: PATH/plot.png)."),

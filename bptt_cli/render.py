@@ -454,3 +454,44 @@ def gradcheck_table(rows: list[dict], *, title: str) -> Table:
         tol = next(iter(by_param.values()))["tolerance"]
         table.add_row(check, mode, *cells, f"{tol:.0e}")
     return table
+
+
+# -- bptt estimators ----------------------------------------------------------------------
+def estimators_table(result: dict) -> Table:
+    """One row per truncation mode: relative bias with its 95% interval and noise floor,
+    relative variance, cosine to full, cost; deterministic modes say so instead of a spread."""
+    meta = result.get("meta", {})
+    title = (
+        f"Gradient estimators: {meta.get('task', '')}, T={meta.get('T')}, B={meta.get('B')}, H={meta.get('H')}, "
+        f"{meta.get('batches')} batch(es), {meta.get('weights', '')}"
+    )
+    caption = Text(
+        "bias = ||E[g] - g_full|| / ||g_full|| [95% bootstrap interval]; floor = sqrt(var / N), the bias an "
+        "unbiased estimator shows from N draws; var = E||g - E g||^2 / ||g_full||^2; matvecs: W_hh products per sequence"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("mode", no_wrap=True)
+    for col in ("N", "rel. bias", "floor", "var", "cosine", "ms", "matvecs"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("note")
+    rows = result.get("rows", [])
+    biases = [r["rel_bias"] for r in rows if r.get("rel_bias") is not None]
+    best = min(biases) if len(biases) > 1 else None
+    for r in rows:
+        det = r.get("kind") != "random"
+        bias = fmt(r.get("rel_bias"), 3)
+        if not det:
+            bias += f" [{fmt(r.get('rel_bias_low'), 2)}, {fmt(r.get('rel_bias_high'), 2)}]"
+        style = "bold green" if best is not None and r.get("rel_bias") == best else ""
+        table.add_row(
+            str(r.get("mode")),
+            fmt(r.get("estimates")),
+            Text(bias, style=style),
+            "-" if det else fmt(r.get("noise_floor"), 2),
+            Text("0 (det.)", style="dim") if det else Text(fmt(r.get("rel_variance"), 3)),
+            fmt(r.get("cosine"), 3),
+            fmt(r.get("ms_per_estimate"), 3),
+            fmt(_round(r.get("matvecs_per_sequence"))),
+            str(r.get("note", "")),
+        )
+    return table

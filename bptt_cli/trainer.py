@@ -79,6 +79,8 @@ class Trainer:
         self.workspace = Workspace()
         self._eval_batch: Batch | None = None
         self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
+        if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
+            self.task.initial_params(cfg.model.hidden, cfg.model.activation, self.dtype)
 
     # -- state ------------------------------------------------------------------------
     def initial_state(self) -> TrainState:
@@ -93,7 +95,11 @@ class Trainer:
             seed=self.cfg.seed,
             dtype=self.dtype,
         )
-        return TrainState(optim.flatten(model.params), self._optimizer())
+        params = model.params
+        task_init = getattr(self.task, "initial_params", None)
+        if task_init is not None:  # a task whose model is fixed (influence): its own weights
+            params = task_init(m.hidden, m.activation, self.dtype)
+        return TrainState(optim.flatten(params), self._optimizer())
 
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> TrainState:
         """Rebuild a TrainState from ``TrainState.to_arrays`` output (a checkpoint).
@@ -214,6 +220,9 @@ class Trainer:
         flat = self._flat_grads
         if flat is None:  # the layout is the config's, the same for every state of this trainer
             flat = self._flat_grads = optim.Flat(state.params)
+        project = getattr(self.task, "project_gradient", None)
+        if project is not None:  # a task that trains some directions only (influence: theta)
+            grads = project(grads)
         flat.assign(grads)
         rec = clipping.clip_in_place(flat, self.cfg.clip.mode, self.cfg.clip.threshold)
         state.optimizer.step(state.params, flat.arrays)

@@ -28,6 +28,15 @@ Two choices, so that the numbers mean the same thing on every batch:
   (an unsupervised step has L_t = 0 and would only dilute the mean with zeros);
 - L_t is the per-step loss L_tb itself, not m_tb L_tb / sum(m): the norms do not shrink as
   the batch or the number of supervised steps grows.
+
+Gated cells
+-----------
+For ``cell="gru"`` / ``"lstm"`` the profile is ``gated.lag_profile``'s ||dL_t/d state_{t-j}||
+with the same averaging, h and (LSTM) c separately: ``norms`` and its fit are h's, and the
+LSTM adds ``norms_c`` with ``slope_c`` and ``decay_per_step_c``; the c path is the one the
+forget gate keeps open. W_hh's spectrum is an Elman quantity (a gated step's Jacobian depends
+on its gates, not on one matrix), so ``spectrum`` reports it as None for gated cells, and
+:func:`gates` adds the share of saturated forget (LSTM) / update (GRU) gates.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from bptt_cli.core.errors import InvalidInputError
 from bptt_cli.core.model import ACTIVATIONS, PARAM_NAMES, check_activation, forward
 from bptt_cli.core.truncation import Truncation, parse
 
+CELLS = ("elman", "gru", "lstm")
 SATURATION = 0.99  # a tanh unit with |h| above this passes back at most 1 - 0.99^2 ~ 2% of its adjoint
 
 
@@ -77,6 +87,7 @@ def gradient_flow(
     max_lag: int = 50,
     hs: np.ndarray | None = None,
     workspace: Workspace | None = None,
+    cell: str = "elman",
 ) -> dict:
     """Mean ||dL_t/dh_{t-j}|| by lag j through the full graph, and its fitted per-step decay.
 
@@ -103,7 +114,13 @@ def gradient_flow(
     norms are summed in float64 (float32 squares that overflow, past adjoints of ~1e19, send
     the whole profile through float64 instead); nothing is modified. It costs about what a ``k_truncated:max_lag`` backward
     does: one (rows, H) @ (H, H) matmul per lag, and no gather (see ``_lag_norms``).
+
+    ``cell`` gru or lstm: the profile of ``gated.lag_profile`` (``hs`` and ``workspace`` are
+    not used; its own forward pass runs), see the module docstring; the LSTM's record adds
+    ``norms_c``, ``slope_c``, ``decay_per_step_c`` for the cell state c.
     """
+    if cell != "elman":
+        return _gated_flow(params, x, targets, mask, cell=cell, loss=loss, h0=h0, max_lag=max_lag)
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
     if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
@@ -123,21 +140,58 @@ def gradient_flow(
         p64 = {k: v.astype(np.float64) for k, v in params.items()}
         t64 = targets.astype(np.float64) if loss == "mse" else targets
         lags, norms, counts = _lag_norms(p64, hs.astype(np.float64), t64, mask, activation, loss, int(max_lag))
+    return {"lags": lags, "norms": norms, "counts": counts, **_fit_record(lags, norms)}
+
+
+def _fit_record(lags: list[int], norms: list) -> dict:
+    """slope, decay_per_step, halves_every, doubles_every of a lag profile (see gradient_flow)."""
     slope = _fit_decay(lags, norms)
-    out = {
-        "lags": lags,
-        "norms": norms,
-        "counts": counts,
-        "slope": slope,
-        "decay_per_step": None if slope is None else math.exp(slope),
-        "halves_every": None,
-        "doubles_every": None,
-    }
+    out = {"slope": slope, "decay_per_step": None if slope is None else math.exp(slope), "halves_every": None, "doubles_every": None}
     if slope is not None and slope < 0:
         out["halves_every"] = math.log(2) / -slope
     elif slope is not None and slope > 0:
         out["doubles_every"] = math.log(2) / slope
     return out
+
+
+def _check_cell(cell: str) -> None:
+    if cell not in CELLS:
+        raise InvalidInputError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+
+
+def _gated_flow(params, x, targets, mask, *, cell: str, loss: str, h0, max_lag) -> dict:
+    """:func:`gradient_flow` for a gated cell, from ``gated.lag_profile``."""
+    from bptt_cli.core import gated
+
+    _check_cell(cell)
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
+        raise InvalidInputError(f"max_lag must be an integer >= 0, got {max_lag!r}")
+    prof = gated.lag_profile(params, x, targets, mask, cell=cell, loss=loss, max_lag=int(max_lag), h0=h0)
+    norms = [None if v is None else float(v) for v in prof["h"]]
+    lags = list(range(len(norms)))
+    per_step = np.asarray(mask).astype(bool).sum(axis=1, dtype=np.int64)  # (T,)
+    from_j = np.cumsum(per_step[::-1])[::-1]  # supervised (t, b) with t >= j
+    out = {"lags": lags, "norms": norms, "counts": [int(from_j[j]) for j in lags], **_fit_record(lags, norms)}
+    if "c" in prof:
+        norms_c = [None if v is None else float(v) for v in prof["c"]]
+        fit_c = _fit_record(lags, norms_c)
+        out.update(norms_c=norms_c, slope_c=fit_c["slope"], decay_per_step_c=fit_c["decay_per_step"])
+    return out
+
+
+def gates(params: dict, x: np.ndarray, *, cell: str, h0=None) -> dict | None:
+    """Shares of saturated gates of a gated cell on inputs x (T, B, I), None for elman.
+
+    ``gated.gate_saturation``: the forget gate (LSTM) or update gate z (GRU), the share of
+    entries above 0.95 (the state is kept: gradient flows back through it) and below 0.05
+    (the state is overwritten: the path through it is cut).
+    """
+    _check_cell(cell)
+    if cell == "elman":
+        return None
+    from bptt_cli.core import gated
+
+    return gated.gate_saturation(params, x, cell=cell, h0=h0)
 
 
 def _lag_norms(params, hs, targets, mask, activation: str, loss: str, max_lag: int, ws: Workspace | None = None):
@@ -295,14 +349,26 @@ def truncation_bias(grads_mode: dict, grads_full: dict) -> dict:
     return out
 
 
-def spectrum(params: dict, hs: np.ndarray | None = None, activation: str = "tanh") -> dict:
+def spectrum(params: dict, hs: np.ndarray | None = None, activation: str = "tanh", *, cell: str = "elman") -> dict:
     """Spectral radius and largest singular value of W_hh (float64), and tanh saturation.
 
     hs: hidden states of any shape, e.g. ``forward(...)[0][1:]`` (T, B, H) (leave out h0 if
     it is not the network's own). Returns ``{"spectral_radius", "max_singular_value",
     "saturated_share"}``; saturated_share is the fraction of entries of hs with |h| > 0.99,
     None unless the activation is tanh and hs is given.
+
+    Gated cells (``cell`` gru or lstm) have no single W_hh whose spectrum governs the flow:
+    radius and singular value are None (n/a), and saturated_share is over the h entries of
+    hs ((..., B, H) for the GRU, (..., 2, B, H) for the LSTM, whose h is index 0 of axis -3).
     """
+    _check_cell(cell)
+    if cell != "elman":
+        share = None
+        if hs is not None:
+            h = np.asarray(hs)
+            h = h[..., 0, :, :] if cell == "lstm" else h
+            share = float((np.count_nonzero(h > SATURATION) + np.count_nonzero(h < -SATURATION)) / h.size) if h.size else None
+        return {"spectral_radius": None, "max_singular_value": None, "saturated_share": share}
     check_activation(activation)
     W = np.asarray(params.get("W_hh") if isinstance(params, dict) else None, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1] or W.size == 0:
@@ -331,6 +397,7 @@ def bias_for_mode(
     h0: np.ndarray | None = None,
     grads: dict | None = None,
     workspace: Workspace | None = None,
+    cell: str = "elman",
 ) -> dict:
     """:func:`truncation_bias` of ``truncation``'s gradient against ``full`` on one batch.
 
@@ -340,10 +407,13 @@ def bias_for_mode(
     reduces to full BPTT on this T (``full``, ``k_truncated:K`` with K >= T-1, ...) is its
     own full gradient, so then nothing is computed here. ``workspace`` is passed on to the
     engine (its hidden states are overwritten). The result of :func:`truncation_bias` gets a
-    ``"mode"`` key with the canonical spec string.
+    ``"mode"`` key with the canonical spec string. ``cell``: the engine's cell (any of them).
     """
     tr = parse(truncation)
+    _check_cell(cell)
     kw = {"activation": activation, "loss": loss, "h0": h0, "workspace": workspace}
+    if cell != "elman":
+        kw["cell"] = cell
     if grads is None:
         _, grads, _ = loss_and_gradients(params, x, targets, mask, tr, **kw)
     T = np.shape(x)[0]
@@ -351,6 +421,7 @@ def bias_for_mode(
         g_full = grads
     else:
         _, g_full, _ = loss_and_gradients(params, x, targets, mask, "full", **kw)
-    out = truncation_bias({k: grads[k] for k in PARAM_NAMES}, {k: g_full[k] for k in PARAM_NAMES})
+    names = PARAM_NAMES if cell == "elman" else tuple(g_full)
+    out = truncation_bias({k: grads[k] for k in names}, {k: g_full[k] for k in names})
     out["mode"] = str(tr)
     return out

@@ -17,6 +17,7 @@ from bptt_cli.tasks.agreement import AgreementTask
 from bptt_cli.tasks.base import Batch, Param, Task, TaskError, closest
 from bptt_cli.tasks.copy_memory import CopyMemoryTask
 from bptt_cli.tasks.delay import DelayTask
+from bptt_cli.tasks.influence import InfluenceTask
 from bptt_cli.tasks.sine import SineTask
 from bptt_cli.tasks.temporal_order import TemporalOrderTask
 from bptt_cli.tasks.text import TextTask
@@ -33,6 +34,7 @@ REGISTRY: dict[str, type[Task]] = {
         AgreementTask,
         TemporalOrderTask,
         SineTask,
+        InfluenceTask,
         TextTask,
     )
 }
