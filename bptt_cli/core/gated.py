@@ -1,0 +1,854 @@
+r"""Gated cells (GRU, LSTM): forward and exact BPTT in every truncation mode.
+
+Notation as in ``bptt.py`` (0-indexed, rows: x_t (B, I), h_t (B, H)), with sigma the logistic
+function and * elementwise. Parameters are PyTorch's, layout and gate order, so weights move
+between ``torch.nn.GRU`` / ``torch.nn.LSTM`` and this module unchanged: ``weight_ih (G H, I)``,
+``weight_hh (G H, H)``, ``bias_ih (G H)``, ``bias_hh (G H)``, readout ``W_hy (O, H)``, ``b_y (O)``.
+
+    GRU (G = 3, gates r, z, n)                    LSTM (G = 4, gates i, f, g, o; state (h, c))
+    r = sigma(W_ir x + b_ir + W_hr h + b_hr)       i, f, o = sigma(W_i* x + b_i* + W_h* h + b_h*)
+    z = sigma(W_iz x + b_iz + W_hz h + b_hz)       g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))  c' = f * c + i * g
+    h' = (1 - z) * n + z * h                       h' = o * tanh(c')
+
+and y_t = W_hy h_t + b_y, L = sum_t sum_b m_tb L_tb / sum(m), as for the Elman cell.
+
+What is computed
+----------------
+The lecture's rule with the whole state s_t = h_t (GRU) or (h_t, c_t) (LSTM) in place of h_t:
+the gradient of L_t runs through steps f(t) .. t and s_{f(t)-1} is a constant (``detach()``
+on h AND c), while the local weight gradients of step f(t) still count. Going back one step
+(dh, dc: adjoints of h_t, c_t; the a's are the gate pre-activations):
+
+    GRU   da_n = dh (1-z)(1-n^2)          da_z = dh (h_{t-1} - n) z(1-z)
+          da_r = da_n hn r(1-r)           da_hn = da_n r          (hn = W_hn h_{t-1} + b_hn)
+          dh_{t-1} = [da_z, da_r, da_hn] W_h[z,r,n] + dh z
+    LSTM  dc  += dh o (1 - tanh(c_t)^2)                           (dc arrives from step t+1)
+          da_o = dh tanh(c_t) o(1-o)      da_i = dc g i(1-i)
+          da_f = dc c_{t-1} f(1-f)        da_g = dc i (1-g^2)
+          dh_{t-1} = [da_i, da_f, da_g, da_o] W_hh                dc_{t-1} = dc f
+
+Summed over the losses whose windows cover step s, these adjoints A_s give every weight
+gradient as a matmul over all steps: dweight_ih = A_ih^T x, dweight_hh = A_hh^T [h_{-1}..h_{T-2}],
+dbias = sum of rows, where A_ih = [da_r, da_z, da_n] and A_hh = [da_r, da_z, da_hn] for the GRU
+(the only place the two sides differ) and both are [da_i, da_f, da_g, da_o] for the LSTM.
+
+How it is vectorised
+--------------------
+The loops are those of the Elman engine (see ``bptt.py``): W == C modes (full, subsequence,
+tbptt:K:K) run ONE backward chain t = T-1 .. 0 cut at chunk starts (both carries, dh and dc,
+zeroed there); W > C modes (k_truncated, tbptt:K1:K2 with K2 > K1) run the lag sweep: chain c
+starts at its chunk's last step (c+1)C - 1, at lag j all live chains sit C steps apart, and
+a strided view of the per-step arrays feeds ONE batched matmul per lag for all of them.
+
+What differs is the gate work, elementwise and many times the Elman cell's. It runs in as few
+NumPy calls per step as the algebra allows:
+
+- Internal gate orders, permuted once per call from PyTorch's: LSTM (o, i, f, g) so that the
+  sigmoid gates are one slice and the three gates multiplied by dc are another; GRU (n, z, r)
+  on the input side and (z, r, n) on the hidden side, so that A = [da_n, da_z, da_r, da_hn]
+  holds A_ih as its first three blocks and A_hh as its last three.
+- sigma(a) = (1 + tanh(a/2)) / 2, with the sigmoid rows of the weights pre-scaled by 1/2
+  (exact in binary floating point): one np.tanh covers all four LSTM gates.
+- Everything a backward step needs that does not depend on the adjoints (the products
+  tanh(c) o(1-o), g i(1-i), c_{t-1} f(1-f), i(1-g^2), o(1-tanh(c)^2) for the LSTM;
+  (1-z)(1-n^2), (h-n) z(1-z), hn r(1-r), r for the GRU) is computed for a block of steps at
+  once, so the step itself is: LSTM 7 calls (dh, dc, two broadcast products into A, dc f, one
+  matmul); GRU 6 (dh, two broadcast products into A, dh z, one matmul, add).
+- Input projections x W_ih^T for all steps are one matmul, the biases folded in
+  (b_ih + b_hh except the GRU's b_hn, which sits inside r * (.)); the forward step is a
+  matmul plus 9 (LSTM) or 11 (GRU) elementwise calls on preallocated buffers.
+
+Memory: the forward keeps the activated gates (T, B, G, H), the states, and tanh(c_t) (LSTM)
+or hn (GRU); the chain adds block-sized buffers, the lag sweep T-sized ones (factors,
+adjoints), so O(T B G H) in every mode.
+
+``chunked_pass`` runs the forward chunk by chunk with the weights of the moment, and each
+chunk's windows as one backward chain over its window's steps, each step's Jacobian with the
+weight_hh that step ran with (a ring of the last W // C + 2 chunks' matrices)::
+
+    tbptt:2:5   steps     0 1|2 3|4 5|6 7     chunk 3's window: steps 3 .. 7, with the
+                                  3|4 5|6 7   weight_hh of chunks 1, 2 and 3
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from bptt_cli.core.bptt import Workspace, check_inputs
+from bptt_cli.core.errors import DivergedError, InvalidInputError
+from bptt_cli.core.losses import LOSSES
+from bptt_cli.core.truncation import Truncation, parse
+
+CELLS = ("gru", "lstm")
+GATES = {"gru": 3, "lstm": 4}
+PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "W_hy", "b_y")
+INITS = ("pytorch", "orthogonal")
+SATURATED = (0.05, 0.95)  # a gate below / above these is saturated shut / open
+
+# Internal gate orders as indices into PyTorch's blocks (GRU r,z,n = 0,1,2; LSTM i,f,g,o = 0,1,2,3).
+_ORDER_IH = {"gru": (2, 1, 0), "lstm": (3, 0, 1, 2)}  # GRU (n, z, r); LSTM (o, i, f, g)
+_ORDER_HH = {"gru": (1, 0, 2), "lstm": (3, 0, 1, 2)}  # GRU (z, r, n)
+_SIGMOID = {"gru": (1, 2), "lstm": (0, 1, 2)}  # internal input-side blocks that are sigmoid gates
+_STEP_CALLS = {"gru": {"forward": 12, "backward": 6}, "lstm": {"forward": 10, "backward": 7}}
+
+
+def check_cell(cell: str) -> None:
+    if cell not in CELLS:
+        raise InvalidInputError(f"cell must be one of elman, {', '.join(CELLS)}, got {cell!r}")
+
+
+def param_names(cell: str) -> tuple[str, ...]:
+    """The parameter keys of a gated cell (PyTorch's names, plus the readout)."""
+    check_cell(cell)
+    return PARAM_NAMES
+
+
+def step_calls(cell: str) -> dict:
+    """NumPy calls per time step of the forward and of the backward chain (for the benchmarks)."""
+    check_cell(cell)
+    return dict(_STEP_CALLS[cell])
+
+
+# -- parameters -------------------------------------------------------------------------------
+def init_params(cell: str, n_in: int, n_hidden: int, n_out: int, *, init: str = "pytorch",
+                forget_bias: float = 1.0, rng: np.random.Generator | int | None = None, dtype=np.float32) -> dict:
+    """Fresh parameters in PyTorch's layout.
+
+    ``pytorch``: every entry of weight_ih, weight_hh, bias_ih, bias_hh ~ U(-1/sqrt(H), 1/sqrt(H))
+    (``torch.nn.GRU``/``LSTM``'s default); ``orthogonal``: the same input weights, each H x H
+    gate block of weight_hh orthogonal (Haar), biases zero. Then, for the LSTM, the forget
+    gate's bias_ih slice is ``forget_bias`` and its bias_hh slice 0. W_hy ~ N(0, 1/H), b_y = 0.
+    ``rng``: a Generator or an integer seed (0 if None).
+    """
+    check_cell(cell)
+    for name, v in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise InvalidInputError(f"{name} must be a positive integer, got {v!r}")
+    if init not in INITS:
+        raise InvalidInputError(f"init for a {cell} cell must be one of {', '.join(INITS)}, got {init!r}")
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) or not math.isfinite(forget_bias):
+        raise InvalidInputError(f"forget_bias must be a finite number, got {forget_bias!r}")
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise InvalidInputError(f"dtype must be float32 or float64, got {dt}")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+    G, H = GATES[cell], n_hidden
+    k = 1 / math.sqrt(H)
+    p = {
+        "weight_ih": rng.uniform(-k, k, (G * H, n_in)),
+        "weight_hh": rng.uniform(-k, k, (G * H, H)),
+        "bias_ih": rng.uniform(-k, k, G * H),
+        "bias_hh": rng.uniform(-k, k, G * H),
+    }
+    if init == "orthogonal":
+        for g in range(G):
+            q, r = np.linalg.qr(rng.standard_normal((H, H)))
+            p["weight_hh"][g * H : (g + 1) * H] = q * np.sign(np.diag(r))  # Haar-distributed
+        p["bias_ih"][:] = 0
+        p["bias_hh"][:] = 0
+    if cell == "lstm":
+        p["bias_ih"][H : 2 * H] = forget_bias
+        p["bias_hh"][H : 2 * H] = 0
+    p["W_hy"] = rng.standard_normal((n_out, H)) / math.sqrt(H)
+    p["b_y"] = np.zeros(n_out)
+    return {name: p[name].astype(dt) for name in PARAM_NAMES}
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_params(params, cell: str) -> tuple[int, int, int]:
+    """(I, H, O) of a valid gated parameter dict; InvalidInputError naming what is wrong."""
+    check_cell(cell)
+    if not isinstance(params, dict) or set(params) != set(PARAM_NAMES):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise InvalidInputError(f"params of a {cell} cell must be a dict with keys {', '.join(PARAM_NAMES)}, got {got}")
+    for k in PARAM_NAMES:
+        if not isinstance(params[k], np.ndarray):
+            raise InvalidInputError(f"params[{k!r}] must be a NumPy array, got {type(params[k]).__name__}")
+    G = GATES[cell]
+    wih, why = params["weight_ih"], params["W_hy"]
+    if wih.ndim != 2 or wih.shape[0] % G or wih.shape[0] == 0 or why.ndim != 2:
+        raise InvalidInputError(
+            f"params['weight_ih'] of a {cell} cell must have shape ({G}*H, I) and W_hy (O, H), "
+            f"got {_fmt(wih.shape)} and {_fmt(why.shape)}")
+    H, I, O = wih.shape[0] // G, wih.shape[1], why.shape[0]
+    dt = wih.dtype
+    if dt not in (np.float32, np.float64):
+        raise InvalidInputError(f"params must be float32 or float64, got weight_ih of dtype {dt}")
+    expected = {"weight_ih": (G * H, I), "weight_hh": (G * H, H), "bias_ih": (G * H,), "bias_hh": (G * H,),
+                "W_hy": (O, H), "b_y": (O,)}
+    for k in PARAM_NAMES:
+        p = params[k]
+        if p.shape != expected[k]:
+            raise InvalidInputError(f"params[{k!r}] of a {cell} cell must have shape {_fmt(expected[k])} "
+                                    f"for G={G}, H={H}, I={I}, O={O}, got {_fmt(p.shape)}")
+        if p.dtype != dt:
+            raise InvalidInputError(f"params[{k!r}] has dtype {p.dtype} but weight_ih has {dt}; use one dtype")
+    return I, H, O
+
+
+def _check_all(params, x, targets, mask, h0, cell: str, loss: str):
+    """Validated (targets, mask, h0 as the state array or None), with bptt.check_inputs' messages."""
+    I, H, O = check_params(params, cell)
+    dt = params["weight_ih"].dtype
+    # check_inputs checks x, targets and mask against an Elman-shaped stand-in (no memory).
+    z = np.zeros((), dt)
+    shim = {"W_xh": np.broadcast_to(z, (H, I)), "W_hh": np.broadcast_to(z, (H, H)), "b_h": np.broadcast_to(z, (H,)),
+            "W_hy": params["W_hy"], "b_y": params["b_y"]}
+    targets, mask, _ = check_inputs(shim, x, targets, mask, None, loss)
+    return targets, mask, _check_h0(h0, cell, x.shape[1], H, dt)
+
+
+def _check_h0(h0, cell: str, B: int, H: int, dt):
+    if h0 is None:
+        return None
+    want = (B, H) if cell == "gru" else (2, B, H)
+    if cell == "lstm" and isinstance(h0, (tuple, list)):
+        if len(h0) != 2:
+            raise InvalidInputError(f"an lstm h0 given as a tuple must be (h, c), got {len(h0)} arrays")
+        h0 = np.stack([np.asarray(h0[0]), np.asarray(h0[1])])
+    h0 = np.asarray(h0)
+    if h0.shape != want:
+        how = "(B, H)" if cell == "gru" else "(2, B, H) = stacked (h, c), or a (h, c) tuple of (B, H)"
+        raise InvalidInputError(f"h0 of a {cell} cell must have shape {how} = {_fmt(want)}, got {_fmt(h0.shape)}")
+    if not np.issubdtype(h0.dtype, np.number) or not np.isfinite(h0).all():
+        raise InvalidInputError("h0 must be numeric and contain no NaN or Inf")
+    return h0.astype(dt, copy=False)
+
+
+def _check_truncation(tr: Truncation) -> None:
+    if getattr(tr, "random", False) or tr.mode not in ("full", "k_truncated", "subsequence", "tbptt"):
+        raise InvalidInputError(f"{tr.mode} is implemented for the elman cell only; gated cells (gru, lstm) take "
+                                "full, k_truncated:K, subsequence:K or tbptt:K1:K2")
+
+
+# -- internal weights ---------------------------------------------------------------------------
+class _Weights:
+    """The parameters in the internal gate orders, made once per call (or per chunk).
+
+    f_ih (I, G H) and f_hh (H, G H): transposed, sigmoid rows scaled by 1/2, for the forward;
+    f_b (G H,) the folded biases; b_hn (H,) the GRU's hidden-side n bias; b_hh (G H, H) or
+    (3 H, H): unscaled, for dh_{t-1} = A_hh @ b_hh in the backward.
+    """
+
+    def __init__(self, params: dict, cell: str) -> None:
+        G = GATES[cell]
+        H = params["weight_hh"].shape[1]
+        dt = params["weight_hh"].dtype
+        oi, oh = _ORDER_IH[cell], _ORDER_HH[cell]
+        Wih = params["weight_ih"].reshape(G, H, -1)
+        Whh = params["weight_hh"].reshape(G, H, H)
+        bih, bhh = params["bias_ih"].reshape(G, H), params["bias_hh"].reshape(G, H)
+        scale = np.ones((G, 1), dt)
+        scale[list(_SIGMOID[cell])] = 0.5
+        self.f_ih = np.ascontiguousarray((Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1).T)
+        if cell == "lstm":
+            self.f_b = ((bih + bhh)[list(oi)] * scale).reshape(-1)
+            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * scale[:, :, None]).reshape(G * H, H).T)
+            self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(G * H, H))
+            self.b_hn = None
+        else:
+            b = bih.copy()
+            b[:2] += bhh[:2]  # r and z take both biases; n's hidden bias stays inside r * (.)
+            self.f_b = (b[list(oi)] * scale).reshape(-1)
+            hs = np.array([0.5, 0.5, 1.0], dt)[:, None, None]  # hidden side (z, r, n): z, r scaled
+            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * hs).reshape(3 * H, H).T)
+            self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(3 * H, H))
+            self.b_hn = bhh[2].copy()
+
+
+def _to_public(cell: str, H: int, d_ih, d_hh, db_ih, db_hh) -> tuple:
+    """Internal-order gradients (G H, .) back to PyTorch's gate order."""
+    G = GATES[cell]
+    out = []
+    for d, order in ((d_ih, _ORDER_IH[cell]), (d_hh, _ORDER_HH[cell]), (db_ih, _ORDER_IH[cell]),
+                     (db_hh, _ORDER_HH[cell])):
+        blocks = d.reshape(G, H, *d.shape[1:])
+        pub = np.empty_like(blocks)
+        pub[list(order)] = blocks
+        out.append(pub.reshape(d.shape))
+    return tuple(out)
+
+
+# -- forward ----------------------------------------------------------------------------------
+class _Record:
+    """What the forward pass keeps: hs (T+1, B, H), hs[t+1] = h_t; gates (T, B, G, H) activated,
+    internal order; LSTM: cs (T+1, B, H), tc (T, B, H) = tanh(c_t); GRU: hn (T, B, H)."""
+
+    def __init__(self, cell: str, T: int, B: int, H: int, dt, ws: Workspace) -> None:
+        G = GATES[cell]
+        self.cell = cell
+        self.hs = ws.get("g_hs", (T + 1, B, H), dt)
+        self.gates = ws.get("g_gates", (T, B, G, H), dt)
+        self.cs = ws.get("g_cs", (T + 1, B, H), dt) if cell == "lstm" else None
+        self.tc = ws.get("g_tc", (T, B, H), dt) if cell == "lstm" else None
+        self.hn = ws.get("g_hn", (T, B, H), dt) if cell == "gru" else None
+        self.tmp = ws.get("g_ftmp", (B, max(G, 1) * H), dt)
+
+    def set_h0(self, h0) -> None:
+        if self.cell == "gru":
+            self.hs[0] = 0 if h0 is None else h0
+        else:
+            self.hs[0] = 0 if h0 is None else h0[0]
+            self.cs[0] = 0 if h0 is None else h0[1]
+
+    def state(self, t: int) -> np.ndarray:
+        """The state after step t-1 (t = 0: h0), a fresh array: (B, H) or (2, B, H)."""
+        return self.hs[t].copy() if self.cell == "gru" else np.stack([self.hs[t], self.cs[t]])
+
+
+def _forward_steps(rec: _Record, w: _Weights, x: np.ndarray, t0: int, t1: int) -> None:
+    """Steps t0 .. t1-1 into the record; rec.hs[t0] (and cs[t0]) must hold the state before t0."""
+    n = t1 - t0
+    if n <= 0:
+        return
+    B, H = rec.hs.shape[1:]
+    G = GATES[rec.cell]
+    gates = rec.gates[t0:t1]
+    g2 = gates.reshape(n * B, G * H)
+    np.matmul(x[t0:t1].reshape(n * B, -1), w.f_ih, out=g2)  # input projections, all steps at once
+    g2 += w.f_b
+    hw = rec.tmp
+    f_hh = w.f_hh
+    if rec.cell == "lstm":
+        H3 = 3 * H
+        for h_prev, h, c_prev, c, tc, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.cs[t0:t1],
+                                                rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1], gates.reshape(n, B, G * H)):
+            np.matmul(h_prev, f_hh, out=hw)
+            gt += hw
+            np.tanh(gt, out=gt)  # the sigmoid gates' pre-activations were halved: sigma = (1 + tanh) / 2
+            s = gt[:, :H3]
+            s *= 0.5
+            s += 0.5
+            np.multiply(gt[:, 2 * H : H3], c_prev, out=c)  # f c
+            np.multiply(gt[:, H : 2 * H], gt[:, H3:], out=hw[:, :H])  # i g
+            c += hw[:, :H]
+            np.tanh(c, out=tc)
+            np.multiply(gt[:, :H], tc, out=h)  # o tanh(c)
+    else:
+        b_hn = w.b_hn
+        H2 = 2 * H
+        for h_prev, h, hn, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.hn[t0:t1],
+                                     gates.reshape(n, B, G * H)):
+            np.matmul(h_prev, f_hh, out=hw)  # (z, r, n) hidden side
+            zr = gt[:, H:]
+            zr += hw[:, :H2]
+            np.tanh(zr, out=zr)
+            zr *= 0.5
+            zr += 0.5
+            np.add(hw[:, H2:], b_hn, out=hn)
+            nn = gt[:, :H]
+            np.multiply(gt[:, H2:], hn, out=hw[:, :H])  # r hn
+            nn += hw[:, :H]
+            np.tanh(nn, out=nn)
+            np.subtract(h_prev, nn, out=h)
+            h *= gt[:, H:H2]  # z (h - n)
+            h += nn
+
+
+def _run_forward(params, x, cell: str, h0, ws: Workspace) -> _Record:
+    T, B, _ = x.shape
+    H = params["weight_hh"].shape[1]
+    rec = _Record(cell, T, B, H, x.dtype, ws)
+    rec.set_h0(h0)
+    _forward_steps(rec, _Weights(params, cell), x, 0, T)
+    ws._states = rec.hs
+    return rec
+
+
+def _outputs(params, hs_rows: np.ndarray, O: int, n: int, B: int, out: np.ndarray) -> np.ndarray:
+    """Class-major y (O, n, B) from h rows (n B, H), into ``out``."""
+    np.matmul(params["W_hy"], hs_rows.T, out=out.reshape(O, n * B))
+    out += params["b_y"][:, None, None]
+    return out
+
+
+def forward(params: dict, x: np.ndarray, cell: str, h0=None) -> tuple[np.ndarray, np.ndarray]:
+    """(states, y): states (T+1, B, H) for the GRU or (T+1, 2, B, H) (h, c) for the LSTM, with
+    states[0] = h0; y (T, B, O). Fresh arrays."""
+    I, H, O = check_params(params, cell)
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I or x.shape[0] < 1 or x.shape[1] < 1:
+        raise InvalidInputError(f"x must have shape (T, B, I={I}) with T, B >= 1, got {_fmt(getattr(x, 'shape', ()))}")
+    x = x.astype(params["weight_ih"].dtype, copy=False)
+    T, B, _ = x.shape
+    h0 = _check_h0(h0, cell, B, H, x.dtype)
+    rec = _run_forward(params, x, cell, h0, Workspace())
+    y = (rec.hs[1:].reshape(T * B, H) @ params["W_hy"].T + params["b_y"]).reshape(T, B, O)
+    states = rec.hs.copy() if cell == "gru" else np.stack([rec.hs, rec.cs], axis=1)
+    return states, y
+
+
+def _loss(params, rec: _Record, targets, mask, loss: str, t0: int, t1: int, y: np.ndarray):
+    """(value, dy (O, n, B)) of steps t0 .. t1-1, y a class-major buffer (O, n, B)."""
+    B, H = rec.hs.shape[1:]
+    O = params["W_hy"].shape[0]
+    n = t1 - t0
+    _outputs(params, rec.hs[t0 + 1 : t1 + 1].reshape(n * B, H), O, n, B, y)
+    tg = targets[t0:t1] if loss == "cross_entropy" else np.moveaxis(targets[t0:t1], -1, 0)
+    value, dy = LOSSES[loss](y, tg, mask[t0:t1], axis=0)
+    if not math.isfinite(value):
+        raise DivergedError("loss")
+    return value, dy
+
+
+# -- backward pieces ----------------------------------------------------------------------------
+def _factors(rec: _Record, s0: int, s1: int, V: np.ndarray, Q: np.ndarray | None, tmp: np.ndarray) -> None:
+    """The adjoint-free parts of the backward step for steps s0 .. s1-1, into V (n, B, k, H) and Q.
+
+    LSTM: V = [tanh(c) o(1-o), g i(1-i), c_prev f(1-f), i (1-g^2)] (multipliers of dh, dc, dc,
+    dc into [da_o, da_i, da_f, da_g]) and Q = o (1 - tanh(c)^2); dc_{t-1} = dc f reads f from
+    the record. GRU: V = [(1-z)(1-n^2), (h_prev-n) z(1-z), hn r(1-r), r]: the first two multiply
+    dh into [da_n, da_z], the last two multiply da_n into [da_r, da_hn]. tmp: (n, B, 3, H) scratch.
+    """
+    n = s1 - s0
+    if n <= 0:
+        return
+    g = rec.gates[s0:s1]
+    t = tmp[:n]
+    if rec.cell == "lstm":
+        sig = g[:, :, 0:3]
+        np.multiply(sig, sig, out=t)
+        np.subtract(sig, t, out=t)  # sigma (1 - sigma) of o, i, f
+        tc = rec.tc[s0:s1]
+        np.multiply(tc, t[:, :, 0], out=V[:n, :, 0])
+        np.multiply(g[:, :, 3], t[:, :, 1], out=V[:n, :, 1])
+        np.multiply(rec.cs[s0:s1], t[:, :, 2], out=V[:n, :, 2])
+        gg = t[:, :, 0]
+        np.multiply(g[:, :, 3], g[:, :, 3], out=gg)
+        np.subtract(1, gg, out=gg)
+        np.multiply(g[:, :, 1], gg, out=V[:n, :, 3])
+        np.multiply(tc, tc, out=gg)
+        np.subtract(1, gg, out=gg)
+        np.multiply(g[:, :, 0], gg, out=Q[:n])
+    else:
+        nn, z, r = g[:, :, 0], g[:, :, 1], g[:, :, 2]
+        a, b = t[:, :, 0], t[:, :, 1]
+        np.multiply(nn, nn, out=a)
+        np.subtract(1, a, out=a)  # 1 - n^2
+        np.subtract(1, z, out=b)
+        np.multiply(a, b, out=V[:n, :, 0])
+        np.multiply(z, b, out=b)  # z (1 - z)
+        np.subtract(rec.hs[s0:s1], nn, out=a)
+        np.multiply(a, b, out=V[:n, :, 1])
+        np.multiply(r, r, out=a)
+        np.subtract(r, a, out=a)  # r (1 - r)
+        np.multiply(rec.hn[s0:s1], a, out=V[:n, :, 2])
+        V[:n, :, 3] = r
+
+
+def _chain(rec: _Record, V, Q, Dh, A, s0: int, s1: int, gh, gc, Ws: list, cuts: list) -> None:
+    """One backward chain over steps s1-1 down to s0: A[s - s0] (B, 4, H) = the step's adjoints.
+
+    Dh[s - s0] holds the direct term dL/dh_s (zero where no loss enters) and is overwritten
+    with the total dL/dh_s. gh, gc (B, H): the carries into step s1-1, left as those out of
+    step s0 (zero if step s0 is cut). Ws[i], cuts[i] for local step i: the backward weight_hh
+    of that step, and whether the state before it is a constant (a chunk or window start).
+    """
+    n = s1 - s0
+    B, H = gh.shape
+    if rec.cell == "lstm":
+        F = rec.gates[s0:s1, :, 2]
+        tmp = np.empty_like(gh)
+        rows = zip(Dh[n - 1 :: -1], V[n - 1 :: -1], Q[n - 1 :: -1], F[::-1], A[n - 1 :: -1], Ws[::-1], cuts[::-1])
+        for dh, v, q, f, a, W, cut in rows:
+            dh += gh
+            np.multiply(dh, q, out=tmp)
+            gc += tmp  # dc of c_t: from step t+1 and through h_t
+            np.multiply(dh, v[:, 0], out=a[:, 0])  # da_o
+            np.multiply(gc[:, None, :], v[:, 1:], out=a[:, 1:])  # da_i, da_f, da_g
+            if cut:
+                gh.fill(0)
+                gc.fill(0)
+            else:
+                gc *= f
+                np.matmul(a.reshape(B, 4 * H), W, out=gh)
+    else:
+        Z = rec.gates[s0:s1, :, 1]
+        tmp = np.empty_like(gh)
+        for dh, v, z, a, W, cut in zip(Dh[n - 1 :: -1], V[n - 1 :: -1], Z[::-1], A[n - 1 :: -1], Ws[::-1], cuts[::-1]):
+            dh += gh
+            np.multiply(dh[:, None, :], v[:, :2], out=a[:, :2])  # da_n, da_z
+            np.multiply(a[:, 0:1], v[:, 2:], out=a[:, 2:])  # da_r, da_hn
+            if cut:
+                gh.fill(0)
+            else:
+                np.multiply(dh, z, out=tmp)
+                np.matmul(a[:, 1:].reshape(B, 3 * H), W, out=gh)
+                gh += tmp
+
+
+class _Grads:
+    """Weight-gradient accumulators in internal order; matmuls over many steps at once."""
+
+    def __init__(self, cell: str, I: int, H: int, dt) -> None:
+        G = GATES[cell]
+        self.cell, self.H = cell, H
+        self.ih = np.zeros((G * H, I), dt)
+        self.hh = np.zeros((G * H, H), dt)
+        self.b = np.zeros(4 * H, dt)
+
+    def add(self, A: np.ndarray, x_rows: np.ndarray, h_rows: np.ndarray) -> None:
+        """A (N, 4, H) adjoints; x_rows (N, I), h_rows (N, H) = the steps' inputs and h_{s-1}."""
+        H = self.H
+        N = A.shape[0]
+        A2 = A.reshape(N, 4 * H)
+        ih, hh = (A2, A2) if self.cell == "lstm" else (A2[:, : 3 * H], A2[:, H:])
+        self.ih += ih.T @ x_rows
+        self.hh += hh.T @ h_rows
+        self.b += np.add.reduce(A2, axis=0)
+
+    def result(self, params: dict, d_why, d_by) -> dict:
+        H = self.H
+        if self.cell == "lstm":
+            b_ih, b_hh = self.b, self.b
+        else:
+            b_ih, b_hh = self.b[: 3 * H], self.b[H:]
+        gih, ghh, gbi, gbh = _to_public(self.cell, H, self.ih, self.hh, b_ih, b_hh)
+        grads = {"weight_ih": gih, "weight_hh": ghh, "bias_ih": gbi, "bias_hh": gbh, "W_hy": d_why, "b_y": d_by}
+        for k, g in grads.items():
+            if not np.isfinite(g).all():
+                raise DivergedError(f"gradient {k}")
+        return grads
+
+
+_BLOCK_BYTES = 1 << 19  # per-block factor buffer of the chain: a block's rows stay in L2
+
+
+def _block_steps(T: int, B: int, H: int, dt) -> int:
+    return min(T, max(1, _BLOCK_BYTES // (B * 4 * H * np.dtype(dt).itemsize)))
+
+
+def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Workspace) -> _Grads:
+    """W == C: one chain t = T-1 .. 0 cut at every chunk start, in blocks of steps, last first.
+
+    dy (O, T, B). Per block: the direct terms (one matmul), the factors (a few calls over the
+    block), the steps, then the block's share of every weight gradient (one matmul each).
+    """
+    T, B, I = x.shape
+    H = rec.hs.shape[2]
+    O = dy.shape[0]
+    dt = rec.hs.dtype
+    Tb = _block_steps(T, B, H, dt)
+    V = ws.get("g_V", (Tb, B, 4, H), dt)
+    Q = ws.get("g_Q", (Tb, B, H), dt) if rec.cell == "lstm" else None
+    tmp = ws.get("g_btmp", (Tb, B, 3, H), dt)
+    Dh = ws.get("g_Dh", (Tb, B, H), dt)
+    A = ws.get("g_A", (Tb, B, 4, H), dt)
+    gh = ws.get("g_gh", (B, H), dt, zero=True)
+    gc = ws.get("g_gc", (B, H), dt, zero=True)
+    acc = _Grads(rec.cell, I, H, dt)
+    Wb = w.b_hh
+    for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
+        t1 = min(t0 + Tb, T)
+        n = t1 - t0
+        np.matmul(dy[:, t0:t1].reshape(O, n * B).T, params["W_hy"], out=Dh[:n].reshape(n * B, H))
+        _factors(rec, t0, t1, V, Q, tmp)
+        cuts = [t % C == 0 for t in range(t0, t1)]
+        _chain(rec, V, Q, Dh, A, t0, t1, gh, gc, [Wb] * n, cuts)
+        acc.add(A[:n].reshape(n * B, 4, H), x[t0:t1].reshape(n * B, I), rec.hs[t0:t1].reshape(n * B, H))
+    return acc
+
+
+def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws: Workspace) -> _Grads:
+    """W > C: every chunk's chain, all chains per lag (see the module docstring and bptt.py).
+
+    The time axis is padded to nC C steps with zero losses and zero factors (a padded step
+    passes nothing back). Chain c sits at step (c+1)C - 1 - j at lag j; the live chains
+    c >= j // C are C rows apart, so strided views of the per-step arrays serve them all and
+    one matmul per lag advances every chain. A (Tp, B, 4, H) sums each step's adjoints.
+    """
+    T, B, I = x.shape
+    H = rec.hs.shape[2]
+    O = dy.shape[0]
+    dt = rec.hs.dtype
+    lstm = rec.cell == "lstm"
+    nC = -(-T // C)
+    Tp = nC * C
+    V = ws.get("g_lagV", (Tp, B, 4, H), dt)
+    Q = ws.get("g_lagQ", (Tp, B, H), dt) if lstm else None
+    F = ws.get("g_lagF", (Tp, B, H), dt)  # f (LSTM) or z (GRU) of each step
+    tmp = ws.get("g_lagtmp", (T, B, 3, H), dt)
+    Dh = ws.get("g_lagDh", (Tp, B, H), dt)
+    A = ws.get("g_lagA", (Tp, B, 4, H), dt)
+    np.matmul(dy.reshape(O, T * B).T, params["W_hy"], out=Dh[:T].reshape(T * B, H))
+    _factors(rec, 0, T, V, Q, tmp)
+    F[:T] = rec.gates[:, :, 2 if lstm else 1]
+    for arr in (Dh, V, F) + ((Q,) if lstm else ()):
+        arr[T:] = 0
+    A.fill(0)
+    Gh = ws.get("g_lagGh", (nC, B, H), dt)
+    Gc = ws.get("g_lagGc", (nC, B, H), dt, zero=True)
+    Ach = ws.get("g_lagAch", (nC, B, 4, H), dt)
+    tb = ws.get("g_lagtb", (nC, B, H), dt)
+    Wb = w.b_hh
+    Gh[...] = Dh[C - 1 :: C]  # lag 0: each chain at its chunk's last step
+    for j in range(W):
+        lo = j // C
+        if lo >= nC:
+            break
+        p0 = (lo + 1) * C - 1 - j
+        at = slice(p0, p0 + (nC - lo) * C, C)  # the steps the live chains sit at
+        g, ach = Gh[lo:], Ach[lo:]
+        if lstm:
+            gc = Gc[lo:]
+            np.multiply(g, Q[at], out=tb[lo:])
+            gc += tb[lo:]
+            np.multiply(g, V[at, :, 0], out=ach[:, :, 0])
+            np.multiply(gc[:, :, None, :], V[at, :, 1:], out=ach[:, :, 1:])
+        else:
+            np.multiply(g[:, :, None, :], V[at, :, :2], out=ach[:, :, :2])
+            np.multiply(ach[:, :, 0:1], V[at, :, 2:], out=ach[:, :, 2:])
+        A[at] += ach
+        lo2 = (j + 1) // C
+        if j + 1 == W or lo2 >= nC:
+            break
+        k = lo2 - lo  # chains that reached step 0 drop out
+        Ff = F[at][k:]
+        if lstm:
+            Gc[lo2:] *= Ff
+            np.matmul(Ach[lo2:].reshape(-1, 4 * H), Wb, out=Gh[lo2:].reshape(-1, H))
+        else:
+            np.multiply(Gh[lo2:], Ff, out=tb[lo2:])
+            np.matmul(Ach[lo2:, :, 1:].reshape(-1, 3 * H), Wb, out=Gh[lo2:].reshape(-1, H))
+            Gh[lo2:] += tb[lo2:]
+        if j + 1 < C:  # still inside the chunk: the losses of the step before
+            Gh[lo2:] += Dh[p0 - 1 + k * C : p0 - 1 + (nC - lo) * C : C]
+    acc = _Grads(rec.cell, I, H, dt)
+    acc.add(A[:T].reshape(T * B, 4, H), x.reshape(T * B, I), rec.hs[:T].reshape(T * B, H))
+    return acc
+
+
+def loss_and_gradients(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                       truncation: str | Truncation, *, cell: str, loss: str = "cross_entropy", h0=None,
+                       workspace: Workspace | None = None, rng=None) -> tuple[float, dict, np.ndarray]:
+    """Loss and the truncated gradient of one whole sequence batch (``bptt.loss_and_gradients``'s
+    contract for a gated cell). h0: (B, H) GRU, (2, B, H) or a (h, c) tuple LSTM, or None for
+    zeros. Returns (loss, grads with the params' keys, the last state (B, H) or (2, B, H)).
+    ``rng`` is accepted for the common signature and unused (no random mode for gated cells).
+    """
+    tr = parse(truncation)
+    _check_truncation(tr)
+    targets, mask, h0 = _check_all(params, x, targets, mask, h0, cell, loss)
+    ws = workspace if workspace is not None else Workspace()
+    T, B, _ = x.shape
+    O = params["W_hy"].shape[0]
+    H = params["weight_hh"].shape[1]
+    w = _Weights(params, cell)
+    rec = _Record(cell, T, B, H, x.dtype, ws)
+    rec.set_h0(h0)
+    _forward_steps(rec, w, x, 0, T)
+    ws._states = rec.hs
+    y = ws.get("g_y", (O, T, B), x.dtype)
+    value, dy = _loss(params, rec, targets, mask, loss, 0, T, y)
+    C, W = tr.chunk_and_window(T)
+    if W == C:
+        acc = _chain_gradients(params, x, rec, w, dy, C, ws)
+    else:
+        acc = _lag_gradients(params, x, rec, w, dy, C, W, ws)
+    dy2 = dy.reshape(O, T * B)
+    grads = acc.result(params, dy2 @ rec.hs[1:].reshape(T * B, H), dy2.sum(axis=1))
+    return value, grads, rec.state(T)
+
+
+def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarray,
+                 truncation: str | Truncation, on_chunk: Callable[[int, float, dict], None], *, cell: str,
+                 loss: str = "cross_entropy", h0=None, workspace: Workspace | None = None, rng=None) -> np.ndarray:
+    """``bptt.chunked_pass``'s contract for a gated cell: an update after every chunk.
+
+    Each chunk runs forward with the parameters of the moment (the state carries on), its
+    loss sum(m L)/sum(m) over its own steps goes back through each step's window f .. t as
+    one chain from the chunk's last step to the window start (both carries dropped there),
+    every step's Jacobian with the weight_hh it ran with, and ``on_chunk(index, loss, grads)``
+    may update ``params`` in place. Chunks without a supervised step are skipped. Returns the
+    last state. The per-chunk work is the whole-sequence engine's pieces on the window's rows.
+    """
+    tr = parse(truncation)
+    _check_truncation(tr)
+    targets, mask, h0 = _check_all(params, x, targets, mask, h0, cell, loss)
+    ws = workspace if workspace is not None else Workspace()
+    T, B, I = x.shape
+    O = params["W_hy"].shape[0]
+    H = params["weight_hh"].shape[1]
+    dt = x.dtype
+    C = tr.chunk_length(T)
+    firsts = np.arange(0, T, C)
+    f_of = tr.starts(T)[firsts]
+    lasts = np.minimum(firsts + C, T)
+    Wmax = int((lasts - f_of).max())
+    supervised = (np.add.reduceat(mask.sum(axis=1), firsts) > 0).tolist()
+    rec = _Record(cell, T, B, H, dt, ws)
+    rec.set_h0(h0)
+    ws._states = rec.hs
+    R = Wmax // C + 2
+    ring: list = [None] * R  # ring[c % R]: chunk c's backward weight_hh
+    V = ws.get("g_cV", (Wmax, B, 4, H), dt)
+    Q = ws.get("g_cQ", (Wmax, B, H), dt) if cell == "lstm" else None
+    tmp = ws.get("g_ctmp", (Wmax, B, 3, H), dt)
+    Dh = ws.get("g_cDh", (Wmax, B, H), dt)
+    A = ws.get("g_cA", (Wmax, B, 4, H), dt)
+    y = ws.get("g_cy", (O * C * B,), dt)
+    for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
+        w = _Weights(params, cell)
+        ring[c % R] = w.b_hh
+        _forward_steps(rec, w, x, a, b)
+        if not supervised[c]:
+            continue
+        n, L = b - a, b - f
+        value, dy = _loss(params, rec, targets, mask, loss, a, b, y[: O * n * B].reshape(O, n, B))
+        Dh[: a - f] = 0
+        np.matmul(dy.reshape(O, n * B).T, params["W_hy"], out=Dh[a - f : L].reshape(n * B, H))
+        _factors(rec, f, b, V, Q, tmp)
+        gh = np.zeros((B, H), dt)
+        gc = np.zeros((B, H), dt)
+        Ws = [ring[(s // C) % R] for s in range(f, b)]
+        _chain(rec, V, Q, Dh, A, f, b, gh, gc, Ws, [s == f for s in range(f, b)])
+        acc = _Grads(cell, I, H, dt)
+        acc.add(A[:L].reshape(L * B, 4, H), x[f:b].reshape(L * B, I), rec.hs[f:b].reshape(L * B, H))
+        dy2 = dy.reshape(O, n * B)
+        grads = acc.result(params, dy2 @ rec.hs[a + 1 : b + 1].reshape(n * B, H), dy2.sum(axis=1))
+        on_chunk(c, value, grads)
+    return rec.state(T)
+
+
+# -- diagnostics ------------------------------------------------------------------------------
+def _step_jacobians(rec: _Record, w: _Weights, s: int) -> np.ndarray:
+    """d state_s / d state_{s-1} (B, S, S) for step s, S = H (GRU) or 2H (LSTM, h then c)."""
+    B, H = rec.hs.shape[1:]
+    dt = rec.hs.dtype
+    V = np.empty((1, B, 4, H), dt)
+    Q = np.empty((1, B, H), dt) if rec.cell == "lstm" else None
+    _factors(rec, s, s + 1, V, Q, np.empty((1, B, 3, H), dt))
+    v = V[0]
+    Wb = w.b_hh.reshape(-1, H, H)  # internal order blocks, rows = gate units
+    if rec.cell == "gru":
+        z = rec.gates[s, :, 1]
+        # dh/dh_prev = diag(z) + diag(v_n) [diag(r) W_hn + diag(v_r') W_hr] + diag(v_z) W_hz,
+        # v_r' = hn r(1-r): the chain through r, v_n = (1-z)(1-n^2), v_z = (h-n) z(1-z).
+        J = v[:, 0, :, None] * (v[:, 3, :, None] * Wb[2] + v[:, 2, :, None] * Wb[1])
+        J += v[:, 1, :, None] * Wb[0]
+        J[:, np.arange(H), np.arange(H)] += z
+        return J
+    f = rec.gates[s, :, 2]
+    dc_dh = v[:, 1, :, None] * Wb[1] + v[:, 2, :, None] * Wb[2] + v[:, 3, :, None] * Wb[3]
+    J = np.zeros((B, 2 * H, 2 * H), dt)
+    J[:, H:, :H] = dc_dh
+    J[:, H:, H:][:, np.arange(H), np.arange(H)] = f
+    J[:, :H, :H] = v[:, 0, :, None] * Wb[0] + Q[0][:, :, None] * dc_dh
+    J[:, :H, H:][:, np.arange(H), np.arange(H)] = Q[0] * f
+    return J
+
+
+def state_jacobian(params: dict, x: np.ndarray, t: int, j: int, *, cell: str, h0=None) -> np.ndarray:
+    """d state_t / d state_{t-j} (B, S, S), S = H (GRU) or 2H (LSTM, h then c): the product of
+    the j step Jacobians of steps t-j+1 .. t (column convention, as ``bptt.state_jacobian``)."""
+    I, H, O = check_params(params, cell)
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I:
+        raise InvalidInputError(f"x must have shape (T, B, I={I}), got {_fmt(getattr(x, 'shape', ()))}")
+    T, B, _ = x.shape
+    if not (0 <= j <= t < T):
+        raise InvalidInputError(f"need 0 <= j <= t < T = {T}, got t={t}, j={j}")
+    x = x.astype(params["weight_ih"].dtype, copy=False)
+    h0 = _check_h0(h0, cell, B, H, x.dtype)
+    rec = _run_forward(params, x, cell, h0, Workspace())
+    w = _Weights(params, cell)
+    S = H if cell == "gru" else 2 * H
+    J = np.broadcast_to(np.eye(S, dtype=x.dtype), (B, S, S)).copy()
+    for s in range(t, t - j, -1):
+        J = J @ _step_jacobians(rec, w, s)
+    return J
+
+
+def lag_profile(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarray, *, cell: str,
+                loss: str = "cross_entropy", max_lag: int = 50, h0=None) -> dict:
+    """Mean ||dL_tb / d state_{t-j}|| by lag j through the full graph, h and c separately.
+
+    As the Elman ``diagnostics.gradient_flow``: L_tb is the per-step loss itself (not divided
+    by sum(m)) and the mean at lag j is over the supervised (t, b) with t >= j. Returns
+    {"lags": [0..J], "h": [...], "c": [...] (LSTM only), "counts": [...]}. One chain per step
+    t, all advanced by one matmul per lag (chains kept in the order of t, so the live ones
+    and the factor rows they need are contiguous slices).
+    """
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 0:
+        raise InvalidInputError(f"max_lag must be an integer >= 0, got {max_lag!r}")
+    targets, mask, h0 = _check_all(params, x, targets, mask, h0, cell, loss)
+    T, B, _ = x.shape
+    H = params["weight_hh"].shape[1]
+    dt = x.dtype
+    ws = Workspace()
+    rec = _run_forward(params, x, cell, h0, ws)
+    w = _Weights(params, cell)
+    lstm = cell == "lstm"
+    # dL_tb/dy_t unnormalised, zero where m = 0: the loss with the mask scaled by sum(m).
+    O = params["W_hy"].shape[0]
+    y = np.empty((O, T, B), dt)
+    _, dy = _loss(params, rec, targets, mask, loss, 0, T, y)
+    dy = dy * np.float64(mask.sum())
+    Dh = (dy.reshape(O, T * B).T @ params["W_hy"]).reshape(T, B, H).astype(np.float64)
+    # float64 throughout: the profile is small, and its far lags are tiny numbers.
+    rec64 = _Record(cell, T, B, H, np.float64, Workspace())
+    for k in ("hs", "gates", "cs", "tc", "hn"):
+        if getattr(rec, k) is not None:
+            getattr(rec64, k)[...] = getattr(rec, k)
+    V = np.empty((T, B, 4, H))
+    Q = np.empty((T, B, H)) if lstm else None
+    _factors(rec64, 0, T, V, Q, np.empty((T, B, 3, H)))
+    Fz = rec64.gates[:, :, 2 if lstm else 1]
+    Wb = w.b_hh.astype(np.float64)
+    J = int(min(T - 1, max_lag))
+    per_step = mask.sum(axis=1).astype(np.int64)
+    from_j = np.cumsum(per_step[::-1])[::-1]
+    gh = Dh.copy()  # chain t: dL_t/dh at step t - j
+    gc = np.zeros_like(gh)
+    ach = np.empty((T, B, 4, H))
+    hn, cn = [], []
+    for j in range(J + 1):
+        live = slice(j, T)  # chains t >= j, at steps 0 .. T-1-j
+        g, c = gh[live], gc[live]
+        hn.append(float(np.sqrt((g * g).sum(axis=2)).sum()) / max(int(from_j[j]), 1))
+        if lstm:
+            cn.append(float(np.sqrt((c * c).sum(axis=2)).sum()) / max(int(from_j[j]), 1))
+        if j == J:
+            break
+        steps = slice(0, T - j)  # step of chain t at lag j is t - j
+        a = ach[: T - j]
+        if lstm:
+            c += g * Q[steps]  # dc of c_{t-j}
+            np.multiply(g, V[steps, :, 0], out=a[:, :, 0])
+            np.multiply(c[:, :, None, :], V[steps, :, 1:], out=a[:, :, 1:])
+            nxt_c = c * Fz[steps]
+            nxt_h = a.reshape(-1, 4 * H) @ Wb
+        else:
+            np.multiply(g[:, :, None, :], V[steps, :, :2], out=a[:, :, :2])
+            np.multiply(a[:, :, 0:1], V[steps, :, 2:], out=a[:, :, 2:])
+            nxt_h = a[:, :, 1:].reshape(-1, 3 * H) @ Wb + (g * Fz[steps]).reshape(-1, H)
+            nxt_c = None
+        # chain t moves to step t-j-1; chain j (at step 0) drops out
+        gh[j + 1 :] = nxt_h.reshape(T - j, B, H)[1:]
+        if lstm:
+            gc[j + 1 :] = nxt_c[1:]
+    out = {"lags": list(range(J + 1)), "h": hn, "counts": [int(from_j[j]) for j in range(J + 1)]}
+    if lstm:
+        out["c"] = cn
+    return out
+
+
+def gate_saturation(params: dict, x: np.ndarray, *, cell: str, h0=None) -> dict:
+    """Share of the forget (LSTM) or update (GRU, z) gate values above 0.95 and below 0.05
+    over every step, sample and unit of a forward pass: {"gate", "high", "low"}. A forget or
+    update gate near 1 carries the state (and its gradient) unchanged; near 0 it erases it."""
+    I, H, O = check_params(params, cell)
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I:
+        raise InvalidInputError(f"x must have shape (T, B, I={I}), got {_fmt(getattr(x, 'shape', ()))}")
+    x = x.astype(params["weight_ih"].dtype, copy=False)
+    h0 = _check_h0(h0, cell, x.shape[1], H, x.dtype)
+    rec = _run_forward(params, x, cell, h0, Workspace())
+    g = rec.gates[:, :, 2 if cell == "lstm" else 1]
+    lo, hi = SATURATED
+    return {"gate": "forget" if cell == "lstm" else "update", "high": float((g > hi).mean()),
+            "low": float((g < lo).mean())}
