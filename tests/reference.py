@@ -125,12 +125,13 @@ def loss(params, x, targets, mask, activation, loss_kind, h0=None) -> float:
 
 
 # -- backward ---------------------------------------------------------------------------------
-def _backprop_window(grads, dy, t, f, x_b, h_b, pre_b, W_hh_at, W_hy, activation):
+def _backprop_window(grads, dy, t, f, x_b, h_b, pre_b, W_hh_at, W_hy, activation, mult=1.0):
     """Add the gradient of one loss L_t of one sample, taken through steps f..t, to ``grads``.
 
     Indexed by time for that sample: ``x_b[s] = x_s``, ``h_b[s] = h_{s-1}`` (so ``h_b[f]`` is
     the constant h_{f-1} and ``h_b[t+1] = h_t``), ``pre_b[s] = a_s``, ``W_hh_at[s]`` the W_hh
     that step s ran with. The local terms of step f count; the path into h_{f-1} is cut.
+    ``mult``: a factor on the adjoint at every step it crosses (ARTBP's 1/(1-c)).
     """
     grads["W_hy"] += np.outer(dy, h_b[t + 1])
     grads["b_y"] += dy
@@ -140,7 +141,7 @@ def _backprop_window(grads, dy, t, f, x_b, h_b, pre_b, W_hh_at, W_hy, activation
         grads["W_xh"] += np.outer(da, x_b[s])
         grads["W_hh"] += np.outer(da, h_b[s])
         grads["b_h"] += da
-        dh = W_hh_at[s].T @ da
+        dh = mult * (W_hh_at[s].T @ da)
 
 
 def gradients(params, x, targets, mask, spec, activation, loss_kind, h0=None):
@@ -200,7 +201,7 @@ def k0_gradients(params, x, targets, mask, activation, loss_kind, h0=None):
 
 
 def chunked_replay(params, x, targets, mask, spec, activation, loss_kind, h0=None, lr=0.0,
-                   per_step_weights=True):
+                   per_step_weights=True, cut=None):
     """The ``update_every: chunk`` schedule replayed by brute force.
 
     Chunks are consecutive blocks of C steps. Each chunk runs forward with the weights of the
@@ -208,19 +209,30 @@ def chunked_replay(params, x, targets, mask, spec, activation, loss_kind, h0=Non
     its losses back through f(t)..t using the stored states and per-step W_hh, normalises by
     the chunk's own sum(m) and (if lr) applies p <- p - lr * g. Chunks without a supervised
     step are skipped. Returns ``(final params, [(index, loss, grads)], h_last)``.
+
+    ``spec = "artbp:MEAN"`` with ``cut`` (T,) bool, a given draw: the chunks are the segments
+    that start where cut is True, each loss looks back to its segment's start, and the
+    adjoint is multiplied by 1/(1 - 1/MEAN) at every step it crosses (none of them is cut).
     """
     params = {k: v.copy() for k, v in params.items()}
     T, B, _ = x.shape
     H = params["W_hh"].shape[0]
-    C = chunk_size(spec, T)
+    mult = 1.0
+    if cut is not None:
+        starts = [u for u in range(T) if cut[u]]
+        bounds = list(zip(starts, starts[1:] + [T]))
+        mult = 1.0 / (1.0 - 1.0 / parse_spec_mean(spec))
+    else:
+        C = chunk_size(spec, T)
+        bounds = [(c0, min(c0 + C, T)) for c0 in range(0, T, C)]
     hs = np.zeros((T + 1, B, H), dtype=x.dtype)
     if h0 is not None:
         hs[0] = h0
     pre = np.zeros((T, B, H), dtype=x.dtype)
     W_hh_at: dict[int, np.ndarray] = {}
     records = []
-    for index, c0 in enumerate(range(0, T, C)):
-        steps = range(c0, min(c0 + C, T))
+    for index, (c0, c1) in enumerate(bounds):
+        steps = range(c0, c1)
         for s in steps:
             W_hh_at[s] = params["W_hh"].copy()
             for b in range(B):
@@ -233,7 +245,7 @@ def chunked_replay(params, x, targets, mask, spec, activation, loss_kind, h0=Non
         grads = zeros_like_params(params)
         total = 0.0
         for t in steps:
-            f = start_of(spec, t)
+            f = c0 if cut is not None else start_of(spec, t)
             for b in range(B):
                 if not mask[t, b]:
                     continue
@@ -242,13 +254,75 @@ def chunked_replay(params, x, targets, mask, spec, activation, loss_kind, h0=Non
                 total += float(mask[t, b]) * L
                 W_at = W_hh_at if per_step_weights else {u: params["W_hh"] for u in W_hh_at}
                 _backprop_window(grads, float(mask[t, b]) * dy, t, f, x[:, b], hs[:, b],
-                                 pre[:, b], W_at, params["W_hy"], activation)
+                                 pre[:, b], W_at, params["W_hy"], activation, mult)
         grads = {k: g / n for k, g in grads.items()}
         records.append((index, total / n, grads))
         if lr:
             for k in KEYS:
                 params[k] = params[k] - lr * grads[k]
     return params, records, hs[-1].copy()
+
+
+# -- randomised truncation, for a given draw ------------------------------------------------
+def parse_spec_mean(spec: str) -> float:
+    """MEAN of ``random_k:MEAN`` / ``artbp:MEAN``."""
+    mode, mean = spec.split(":")
+    assert mode in ("random_k", "artbp"), spec
+    return float(mean)
+
+
+def weighted_gradients(params, x, targets, mask, activation, loss_kind, h0=None, *, lag_weight,
+                       step_mult=None):
+    """Loss and gradients with every term of the full gradient reweighted, for a given draw.
+
+    For every supervised (t, b) the adjoint of L_tb is pushed back from t towards step 0 one
+    step at a time; the local terms of step s = t - j are multiplied by ``lag_weight(t, j)``,
+    and the adjoint crossing from step u into step u-1 (dL/dh_{u-1} from a_u) by
+    ``step_mult[u]``, where 0 is a cut (nothing flows on). Divide by sum(m) at the end.
+    """
+    T, B, _ = x.shape
+    hs, pre, y = forward(params, x, activation, h0)
+    grads = zeros_like_params(params)
+    total = 0.0
+    for t in range(T):
+        for b in range(B):
+            if not mask[t, b]:
+                continue
+            L, dy = step_loss(y[t, b], targets[t, b], loss_kind)
+            dy = float(mask[t, b]) * dy
+            total += float(mask[t, b]) * L
+            grads["W_hy"] += np.outer(dy, hs[t + 1, b])
+            grads["b_y"] += dy
+            dh = params["W_hy"].T @ dy
+            for s in range(t, -1, -1):
+                w = lag_weight(t, t - s)
+                da = dh * dphi(pre[s, b], activation)
+                grads["W_xh"] += w * np.outer(da, x[s, b])
+                grads["W_hh"] += w * np.outer(da, hs[s, b])
+                grads["b_h"] += w * da
+                m = 1.0 if step_mult is None else step_mult[s]
+                if s == 0 or m == 0:
+                    break
+                dh = m * (params["W_hh"].T @ da)
+    n = float(np.sum(mask))
+    return total / n, {k: g / n for k, g in grads.items()}
+
+
+def random_k_given(params, x, targets, mask, mean, L, activation, loss_kind, h0=None):
+    """``random_k:MEAN`` for the window lengths L (T,): loss t keeps lags j <= L[t], lag j
+    weighted by 1 / P(G >= j) = 1 / q^j with G geometric on {0, 1, ..}, q = MEAN / (MEAN + 1)."""
+    q = mean / (mean + 1.0)
+    return weighted_gradients(params, x, targets, mask, activation, loss_kind, h0,
+                              lag_weight=lambda t, j: (j <= L[t]) / q**j)
+
+
+def artbp_given(params, x, targets, mask, mean, cut, activation, loss_kind, h0=None):
+    """``artbp:MEAN`` for the cuts ``cut`` (T,) bool: the adjoint stops at a cut step and is
+    multiplied by 1 / (1 - c), c = 1 / MEAN, at every other step it crosses."""
+    k = 1.0 / (1.0 - 1.0 / mean)
+    mult = [0.0 if cut[u] else k for u in range(len(cut))]
+    return weighted_gradients(params, x, targets, mask, activation, loss_kind, h0,
+                              lag_weight=lambda t, j: 1.0, step_mult=mult)
 
 
 def jacobian(params, x, t, j, activation, h0=None) -> np.ndarray:

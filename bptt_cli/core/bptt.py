@@ -82,6 +82,7 @@ class Workspace:
     def __init__(self) -> None:
         self._bufs: dict[tuple, np.ndarray] = {}
         self._states: np.ndarray | None = None
+        self._chunks: tuple | None = None
 
     def states(self) -> np.ndarray:
         """hs (T+1, B, H) of the last forward pass: hs[0] = h0, hs[t+1] = h_t.
@@ -93,6 +94,14 @@ class Workspace:
         if self._states is None:
             raise InvalidInputError("no forward pass has run with this workspace yet")
         return self._states
+
+    def chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(firsts, lasts) of the chunks of the running or last ``chunked_pass``: chunk i (the
+        ``on_chunk`` index) is steps firsts[i] .. lasts[i] - 1. Set before the first callback,
+        so an ``on_chunk`` can read it; artbp's chunks are drawn anew on every pass."""
+        if self._chunks is None:
+            raise InvalidInputError("no chunked pass has run with this workspace yet")
+        return self._chunks
 
     def get(self, name: str, shape: tuple, dtype, zero: bool = False) -> np.ndarray:
         key = (name, shape, np.dtype(dtype))
@@ -230,20 +239,23 @@ def _block_steps(T: int, B: int, H: int, dtype) -> int:
 _BLOCK_BYTES = 1 << 18
 
 
-def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Workspace, T_seq: int | None = None) -> dict:
+def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Workspace, T_seq: int | None = None,
+                     cut: list | None = None, W_back: np.ndarray | None = None) -> dict:
     """W == C: the classic backward loop over t = T-1 .. 0, cut at every chunk start; the grads.
 
     x (T, B, I); hs (T+1, B, H) with hs[t+1] = h_t; dy (O, T, B) class-major dL/dy. Time runs
     in blocks of Tb steps, last block first: the block's direct terms dL/dh_t = dL/dy_t @ W_hy
     (one matmul), the loop over its steps turning them into the adjoints A_t in place, then
     the block's share of every weight gradient (one matmul each), all while the block's rows
-    are still in cache.
+    are still in cache. ARTBP (``artbp:MEAN``): ``cut`` (T,) bools cut the chain at the steps
+    where they are True as well, and ``W_back`` = W_hh / (1 - c) carries the adjoint across
+    every other step, so it arrives multiplied by the compensation factor 1/(1 - c).
     """
     T, B, I = x.shape
     H = hs.shape[2]
     O = dy.shape[0]
     dt = hs.dtype
-    W_hh, W_hy = params["W_hh"], params["W_hy"]
+    W_hh, W_hy = params["W_hh"] if W_back is None else W_back, params["W_hy"]
     # T_seq: chunked_pass calls this per chunk; the buffers are sized by the whole sequence.
     buf = ws.get("block", (_block_steps(T_seq or T, B, H, dt), B, H), dt)  # dL/dh_t of a block's steps, then A_t
     dphi_buf = ws.get("dphi_block", buf.shape, dt)
@@ -267,7 +279,7 @@ def _chain_gradients(params: dict, x, hs, dy, C: int, activation: str, ws: Works
                 da[...] = g
             else:
                 np.multiply(g, dphi_t, out=da)
-            if t % C == 0:  # chunk start: h_{t-1} is a constant for this chunk's losses
+            if t % C == 0 or (cut is not None and cut[t]):  # chunk start: h_{t-1} is a constant for its losses
                 g.fill(0)
             elif t > 0:
                 np.matmul(da, W_hh, out=g)  # dL/dh_{t-1} = dL/da_t @ W_hh
@@ -406,6 +418,71 @@ def _lag_sweep(dh, dphi, W_hh, C: int, lags: int, c0: int, c1: int, A, G, D, bas
             np.matmul(da[lo2 - lo :].reshape(-1, H), W_hh, out=G[lo2 - c0 :].reshape(-1, H))
         if j + 1 < C:  # still inside the chunk: add the losses of step s-1
             G[lo2 - c0 :] += dh[p0 - 1 : p0 - 1 + (c1 - lo2) * C : C]
+
+
+def _random_k_gradients(params: dict, x, hs, dy, L: np.ndarray, q: float, supervised: np.ndarray, activation: str,
+                        ws: Workspace) -> dict:
+    r"""``random_k:MEAN``: loss t keeps lags j <= L_t, lag j weighted by 1 / q^j; the grads.
+
+    x (T, B, I); hs (T+1, B, H); dy (O, T, B); L (T,) the drawn window lengths (L_t <= t);
+    q = P(L >= 1), so P(L >= j) = q^j; supervised (T,) bool, the steps with a loss. The lag
+    sweep of ``k_truncated`` with one chain per loss, each running only as far as its own L_t:
+
+        A_s = sum_t  1[L_t >= t - s] / q^(t-s)  delta_s^{(t)},   E[A_s] = the full A_s
+
+    The chains are sorted by L_t, longest first, so at lag j the live ones (L_t >= j) are a
+    prefix of the chain buffer that shrinks as j grows, and a chain is dropped once its L_t
+    is passed: the sweep costs sum_t (L_t + 1) chain-steps, E = (MEAN + 1) per loss, as
+    ``k_truncated:MEAN`` does. Every live chain at lag j carries the same weight 1/q^j (its
+    mask is 1 by construction), so the weight is one scalar per lag, applied as the lag's
+    adjoints are added into A. The live chains sit at the distinct steps t - j, so a gather
+    of their phi' rows and one indexed add into A serve all of them (no duplicate indices).
+    Memory: A (T, B, H) and two chain buffers of at most T B H, beside hs.
+    """
+    T, B, I = x.shape
+    H = hs.shape[2]
+    O = dy.shape[0]
+    dt = hs.dtype
+    W_hh, W_hy = params["W_hh"], params["W_hy"]
+    ts = np.flatnonzero(supervised)
+    order = np.argsort(-L[ts], kind="stable")  # longest window first
+    ts = ts[order]
+    Ls = L[ts]
+    n = len(ts)
+    live = np.searchsorted(-Ls, -np.arange(int(Ls[0]) + 2), side="right")  # live[j] = #chains with L_t >= j
+    A = ws.get("rk_A", (T, B, H), dt, zero=True)
+    G = ws.get("rk_G", (T, B, H), dt)[:n]  # dL_t/dh at each chain's current step
+    D = ws.get("rk_D", (T, B, H), dt)[:n]
+    np.matmul(dy[:, ts].reshape(O, n * B).T, W_hy, out=G.reshape(n * B, H))  # lag 0: the direct terms
+    weight = 1.0
+    for j in range(int(Ls[0]) + 1):
+        nj = int(live[j])
+        at = ts[:nj] - j  # the steps the live chains are at, all distinct
+        g = G[:nj]
+        if activation == "identity":
+            da = g
+        else:
+            dphi = _dphi_into(activation, hs[at + 1], np.empty((nj, B, H), dt))  # phi'(a_s), gathered
+            da = np.multiply(g, dphi, out=D[:nj])
+        A[at] += da if j == 0 else da * weight
+        n1 = int(live[j + 1])
+        if n1 == 0:
+            break
+        # dL_t/dh_{s-1} = dL_t/da_s @ W_hh for the chains still live at lag j + 1 (a prefix)
+        out = D if da is g else G
+        np.matmul(da[:n1].reshape(n1 * B, H), W_hh, out=out[:n1].reshape(n1 * B, H))
+        if da is g:
+            G, D = D, G
+        weight /= q
+    A2 = A.reshape(T * B, H)
+    grads = _new_grads(params, zero=False)
+    np.matmul(A2.T, hs[:T].reshape(T * B, H), out=grads["W_hh"])
+    np.matmul(A2.T, x.reshape(T * B, I), out=grads["W_xh"])
+    np.matmul(_ones(ws, "ones_rk", T * B, dt), A2, out=grads["b_h"])
+    dy2 = dy.reshape(O, T * B)
+    np.matmul(dy2, hs[1:].reshape(T * B, H), out=grads["W_hy"])
+    dy2.sum(axis=1, out=grads["b_y"])
+    return grads
 
 
 def _powers_pay(T: int, B: int, H: int, C: int, W: int, dtype) -> bool:
@@ -584,6 +661,7 @@ def loss_and_gradients(
     loss: str = "cross_entropy",
     h0: np.ndarray | None = None,
     workspace: Workspace | None = None,
+    rng: np.random.Generator | None = None,
 ) -> tuple[float, dict, np.ndarray]:
     """Loss and the truncated gradient of one whole sequence batch, with no update inside.
 
@@ -592,6 +670,9 @@ def loss_and_gradients(
     h_last (B, H)). Raises InvalidInputError for bad inputs and DivergedError when the loss
     or a gradient is not finite. Pass the same ``workspace`` to calls of one shape to reuse
     the work buffers; the returned gradients are fresh arrays that later calls never touch.
+    ``rng``: the Generator the random modes (random_k, artbp) draw from, first thing
+    (``Truncation.draw``); required by them, ignored by the others. An adaptive mode must
+    be given as the ``with_k(K)`` it runs with (``core/adaptive.py`` picks K).
     """
     tr = parse(truncation)
     check_activation(activation)
@@ -601,8 +682,19 @@ def loss_and_gradients(
     H = params["W_hh"].shape[0]
     dt = x.dtype
 
+    if tr.random:
+        draw = tr.draw(T, rng)  # before the forward pass: a bad rng is refused at no cost
+        value, hs, dy = forward_and_loss(params, x, targets, mask, h0, activation, loss, ws)
+        if tr.mode == "random_k":
+            q = float(tr.keep_prob(1))
+            grads = _random_k_gradients(params, x, hs, dy, draw, q, mask.any(axis=1), activation, ws)
+        else:  # artbp: one chain cut at the drawn points, W_hh / (1 - c) across the others
+            W_back = params["W_hh"] * tr.compensation
+            grads = _chain_gradients(params, x, hs, dy, T, activation, ws, cut=draw.tolist(), W_back=W_back)
+        _check_finite_grads(grads)
+        return value, grads, hs[T].copy()
+    C, W = tr.chunk_and_window(T)  # refuses an adaptive mode without its K
     value, hs, dy = forward_and_loss(params, x, targets, mask, h0, activation, loss, ws)
-    C, W = tr.chunk_and_window(T)
     if W == C:
         grads = _chain_gradients(params, x, hs, dy, C, activation, ws)
     else:
@@ -627,6 +719,7 @@ def chunked_pass(
     loss: str = "cross_entropy",
     h0: np.ndarray | None = None,
     workspace: Workspace | None = None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """The ``update_every: chunk`` schedule: an update after every chunk, inside one sequence.
 
@@ -651,6 +744,11 @@ def chunked_pass(
 
         tbptt:2:5   steps             0 1|2 3|4 5|6 7     chunks of C = 2, windows of W = 5
                     chunk 3's window:       3|4 5|6 7     steps 3 .. 5 with chunk 1's and 2's W_hh
+
+    ``artbp:MEAN`` (Tallec & Ollivier's online schedule): the chunks are the segments between
+    the cuts drawn from ``rng`` (``Truncation.chunk_bounds``), each chunk's window is itself,
+    and its chain carries the adjoint with W_hh / (1 - c), the compensation of the uncut steps
+    it crosses. ``workspace.chunks()`` gives every chunk's steps, for the callback.
     """
     tr = parse(truncation)
     check_activation(activation)
@@ -660,10 +758,19 @@ def chunked_pass(
     H = params["W_hh"].shape[0]
     O = params["W_hy"].shape[0]
     dt = x.dtype
-    C = tr.chunk_length(T)
-    firsts = np.arange(0, T, C)
-    f_of = tr.starts(T)[firsts]  # every step of a chunk shares its window start
-    lasts = np.minimum(firsts + C, T)
+    comp = None  # artbp's compensation factor 1 / (1 - c)
+    if tr.mode == "artbp":
+        firsts, lasts = tr.chunk_bounds(T, rng)
+        f_of, comp = firsts, tr.compensation
+        C = int((lasts - firsts).max())
+    elif tr.mode == "random_k":
+        raise InvalidInputError(f"{tr} runs with update_every: sequence (its windows are drawn per loss, not per chunk)")
+    else:
+        C = tr.chunk_length(T)  # refuses an adaptive mode without its K
+        firsts = np.arange(0, T, C)
+        f_of = tr.starts(T)[firsts]  # every step of a chunk shares its window start
+        lasts = np.minimum(firsts + C, T)
+    ws._chunks = (firsts, lasts)
     Wmax = int((lasts - f_of).max())  # the longest window, in steps
     overlap = bool((f_of < firsts).any())
     supervised = np.add.reduceat(mask.sum(axis=1), firsts) > 0
@@ -672,7 +779,8 @@ def chunked_pass(
     ws._states = hs
     y_flat = ws.get("chunk_y", (O * C * B,), dt)
     if not overlap and C <= _block_steps(T, B, max(H, O), dt):
-        _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation, loss, ws)
+        _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation, loss, ws,
+                      comp)
         return hs[T].copy()
     ce = CrossEntropyChunks(targets, mask, firsts, lasts, dt) if loss == "cross_entropy" else None
     R = Wmax // C + 2  # chunks a window can reach: its own and those its W - C extra steps touch
@@ -697,7 +805,8 @@ def chunked_pass(
         if not math.isfinite(value):
             raise DivergedError("loss")
         if f == a:  # the window is the chunk itself
-            grads = _chain_gradients(params, x[a:b], hs[a : b + 1], dy, n, activation, ws, T)
+            W_back = None if comp is None else params["W_hh"] * comp
+            grads = _chain_gradients(params, x[a:b], hs[a : b + 1], dy, n, activation, ws, T, W_back=W_back)
         else:
             grads = _window_gradients(params, x, hs, dy, a, b, f, C, W_ran, activation, ws)
         _check_finite_grads(grads)
@@ -706,7 +815,7 @@ def chunked_pass(
 
 
 def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation: str,
-                  loss: str, ws: Workspace) -> None:
+                  loss: str, ws: Workspace, comp: float | None = None) -> None:
     """``chunked_pass`` for chunks of a few steps whose windows do not overlap (W == C).
 
     A chunk of n steps (n B rows that fit one block of ``_block_steps``) does the work of one
@@ -720,6 +829,8 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     The arithmetic is that of ``_forward_span``, ``cross_entropy`` and ``_chain_gradients``
     on the chunk; the matmuls read the transposed weights through views, which OpenBLAS
     0.3.31 turns into the same bits as the copies (checked on config A, float32 and 64).
+    ``comp``: artbp's 1 / (1 - c); the chain then runs with W_hh * comp (every step it
+    crosses inside a segment is uncut).
     """
     T, B, I = x.shape
     H = hs.shape[2]
@@ -784,6 +895,8 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
             raise DivergedError("loss")
         # The chain over the chunk: A_t = phi'(a_t) * (dL/dy_t @ W_hy + A_{t+1} @ W_hh), cut at a.
         np.matmul(dy2.T, W_hy, out=A2)  # the direct terms dL/dh_t
+        if comp is not None:
+            W_hh = W_hh * comp
         if _dphi_into(activation, hs_c[1:], dphi) is None:  # phi' = 1
             for A_t, da, _ in steps:
                 np.matmul(A_t, W_hh, out=g)  # dL/dh_{t-1} from the steps after it
