@@ -25,7 +25,6 @@ truncated gradient of L_t holds the WHOLE state before f(t) constant. State arra
 from __future__ import annotations
 
 import numpy as np
-
 from reference import chunk_size, rel_err, start_of, step_loss  # noqa: F401  (rel_err re-exported)
 
 KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "W_hy", "b_y")
@@ -109,7 +108,7 @@ def step_backward(params: dict, cell: str, cache: dict, d_state: tuple, grads: d
         dh = np.zeros(H)
         d_prev = [dh, dc_prev]
     for name, (dx_side, dh_side) in da.items():
-        Wi, Wh, _, _ = gate_rows(params, cell, name, H)
+        _, Wh, _, _ = gate_rows(params, cell, name, H)
         d_prev[0] = d_prev[0] + Wh.T @ dh_side
         if grads is not None:
             order = "rzn" if cell == "gru" else "ifgo"
@@ -265,7 +264,7 @@ def jacobian(params, x, t, j, cell, h0=None) -> np.ndarray:
 
     Row k is the adjoint of the state before step t-j+1 .. t for the unit vector e_k after it,
     pushed back through ``step_backward`` one step at a time (J = dstate_t/dstate_{t-j})."""
-    T, B, _ = x.shape
+    B = x.shape[1]
     H = params["weight_hh"].shape[1]
     S = H if cell == "gru" else 2 * H
     states, _ = forward(params, x, cell, h0)

@@ -195,7 +195,7 @@ def check_params(params, cell: str) -> tuple[int, int, int]:
 
 def _check_all(params, x, targets, mask, h0, cell: str, loss: str):
     """Validated (targets, mask, h0 as the state array or None), with bptt.check_inputs' messages."""
-    I, H, O = check_params(params, cell)
+    I, H, _ = check_params(params, cell)
     dt = params["weight_ih"].dtype
     # check_inputs checks x, targets and mask against an Elman-shaped stand-in (no memory).
     z = np.zeros((), dt)
@@ -747,7 +747,7 @@ def _step_jacobians(rec: _Record, w: _Weights, s: int) -> np.ndarray:
 def state_jacobian(params: dict, x: np.ndarray, t: int, j: int, *, cell: str, h0=None) -> np.ndarray:
     """d state_t / d state_{t-j} (B, S, S), S = H (GRU) or 2H (LSTM, h then c): the product of
     the j step Jacobians of steps t-j+1 .. t (column convention, as ``bptt.state_jacobian``)."""
-    I, H, O = check_params(params, cell)
+    I, H, _ = check_params(params, cell)
     if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I:
         raise InvalidInputError(f"x must have shape (T, B, I={I}), got {_fmt(getattr(x, 'shape', ()))}")
     T, B, _ = x.shape
@@ -842,7 +842,7 @@ def gate_saturation(params: dict, x: np.ndarray, *, cell: str, h0=None) -> dict:
     """Share of the forget (LSTM) or update (GRU, z) gate values above 0.95 and below 0.05
     over every step, sample and unit of a forward pass: {"gate", "high", "low"}. A forget or
     update gate near 1 carries the state (and its gradient) unchanged; near 0 it erases it."""
-    I, H, O = check_params(params, cell)
+    I, H, _ = check_params(params, cell)
     if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I:
         raise InvalidInputError(f"x must have shape (T, B, I={I}), got {_fmt(getattr(x, 'shape', ()))}")
     x = x.astype(params["weight_ih"].dtype, copy=False)
