@@ -13,12 +13,16 @@ What is counted (s bytes per element of ``model.dtype``; T time, B batch, E eval
 I input, O output, H hidden, W the truncation window, P the parameter count):
 
     weights        P = H (I + H + 1) + O (H + 1): parameters, gradients, the clipped copy and the
-                   optimizer's state (adam 2P, rmsprop and adagrad P, sgd with momentum P)
+                   optimizer's state (adam 2P, rmsprop and adagrad P, sgd with momentum P);
+                   a gated cell (G = 3 gates for gru, 4 for lstm): P = G H (I + H + 2) + O (H + 1)
     training batch x (T, B, I), targets and mask (T, B), h_t (T+1, B, H), outputs and their
                    adjoints 2 (T, B, O), softmax work (T, B, O); the lag sweep of an overlapping
-                   window (k_truncated, tbptt K2 > K1) 3 (W, B, H) more; diagnostics a second pass
+                   window (k_truncated, tbptt K2 > K1) 3 (W, B, H) more; diagnostics a second pass.
+                   A gated cell keeps per step its G gates, its state (h, and c for lstm) and one
+                   more (B, H) (tanh c or W_hn h): (G + S + 1) (T, B, H) with S = 1 or 2; its lag
+                   sweep 10 (T, B, H), its diagnostics' float64 lag profile 15 + G + S more
     held-out set   x (T, E, I), targets and mask (T, E), its forward pass (2T+1, E, H) and
-                   (T, E, O), and the loss work (T, E, O)
+                   (T, E, O), and the loss work (T, E, O); a gated cell's (G + S) (T, E, H) more
     corpus (text)  the ids (N,), at least a byte per character (memory-mapped from the corpus
                    cache, or in memory when there is no cache), and for the generated corpus its
                    bytes too; the reading itself is streamed in chunks of a MB
@@ -51,6 +55,7 @@ from bptt_cli.config import Config, ConfigError
 from bptt_cli.core.truncation import parse
 from bptt_cli.tasks import Task, get_task_class, make_task
 
+GATES = {"gru": 3, "lstm": 4}  # gates per unit of the gated cells (core/gated.py's GATES)
 HEADROOM = 0.8  # refuse a run that needs more than this share of the available memory
 FILE_BYTES_PER_CHAR = 1  # the uint8 ids of a text file (uint16 past 256 characters: errs low)
 GENERATED_BYTES_PER_CHAR = 3  # the generated text's bytes, its ids and a copy while encoding
@@ -127,7 +132,10 @@ def estimate(cfg: Config, task: Task | None = None, shape: Shape | None = None) 
     s = 8 if cfg.model.dtype == "float64" else 4
     length_keys = tuple(f"task.{k}" for k, v in cfg.task.params.items() if isinstance(v, int) and not isinstance(v, bool))
 
-    P = H * (I + H + 1) + O * (H + 1)
+    cell = cfg.model.cell
+    G = GATES.get(cell, 1)  # elman: 1
+    S = 2 if cell == "lstm" else 1  # the state: h, or (h, c)
+    P = H * (I + H + 1) + O * (H + 1) if cell == "elman" else G * H * (I + H + 2) + O * (H + 1)
     opt = cfg.optimizer
     state = _OPTIMIZER_STATE.get(opt.name, 1 if (opt.momentum or 0) > 0 else 0)
     needs = [
@@ -135,7 +143,9 @@ def estimate(cfg: Config, task: Task | None = None, shape: Shape | None = None) 
             "the weights",
             (3 + state) * P * s,
             f"{P:,} parameters with their gradients, the clipped copy and {opt.name}'s state; "
-            f"W_hh (H, H) = ({H}, {H}) is {fmt_bytes(H * H * s)}",
+            f"W_hh (H, H) = ({H}, {H}) is {fmt_bytes(H * H * s)}"
+            if cell == "elman"
+            else f"weight_hh (G·H, H) = ({G * H}, {H}) is {fmt_bytes(G * H * H * s)}",
             ("model.hidden", *length_keys),
         )
     ]
@@ -143,20 +153,29 @@ def estimate(cfg: Config, task: Task | None = None, shape: Shape | None = None) 
     targets = T * B * (O * s if sh.mse else 8)
     batch = (T * B * I + T * B + (T + 1) * B * H + 3 * T * B * O) * s + targets
     C, W = parse(cfg.truncation.spec).chunk_and_window(T)
-    if W > C:  # overlapping windows: the lag sweep's chain buffers
+    if cell != "elman":  # the gates, the state's c and tanh(c) or W_hn h, per step
+        batch += (G + S) * T * B * H * s
+        if W > C:  # the gated lag sweep's buffers span the sequence
+            batch += 10 * T * B * H * s
+        if cfg.train.diagnostics_every:
+            batch += (15 + G + S) * T * B * H * 8  # the lag profile runs in float64
+    elif W > C:  # overlapping windows: the lag sweep's chain buffers
         batch += 3 * min(W, T) * B * H * s + 3 * (4 << 20)
-    if cfg.train.diagnostics_every:
+    if cfg.train.diagnostics_every and cell == "elman":
         batch *= 2
     needs.append(
         Need(
             "a training batch",
             batch,
-            f"x (T, B, I) = ({T}, {B}, {I}), h_t (T+1, B, H) = ({T + 1}, {B}, {H}), outputs (T, B, O) = ({T}, {B}, {O})",
+            f"x (T, B, I) = ({T}, {B}, {I}), h_t (T+1, B, H) = ({T + 1}, {B}, {H}), outputs (T, B, O) = ({T}, {B}, {O})"
+            + ("" if cell == "elman" else f", {cell} gates (T, B, G·H) = ({T}, {B}, {G * H})"),
             ("train.batch_size", "model.hidden", *length_keys),
         )
     )
 
     held = (T * E * I + T * E + (2 * T + 1) * E * H + 2 * T * E * O) * s + T * E * (O * s if sh.mse else 8)
+    if cell != "elman":  # its forward pass keeps the gates and the whole state too
+        held += (G + S) * T * E * H * s
     needs.append(
         Need(
             "the held-out set",
