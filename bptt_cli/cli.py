@@ -83,7 +83,8 @@ err = _Lazy(lambda: _console(stderr=True, highlight=False, soft_wrap=True))  # m
 # render (tests/test_threads.py keeps the two equal).
 SORT_KEYS = (
     "train_loss", "eval_loss", "metric_value", "updates_to_target", "grad_norm_median", "grad_norm_max",
-    "clipped_share", "bias_cosine", "decay_first", "decay_last", "time_per_update", "time_per_sequence",
+    "clipped_share", "ms_per_update", "ms_per_sequence", "bias_cosine_mean", "bias_cosine_last",
+    "bias_rel_error_mean", "bias_rel_error_last", "flow_decay_per_step_first", "flow_decay_per_step_last",
     "group", "updates",
 )  # fmt: skip
 
@@ -418,7 +419,7 @@ def compare(
     from bptt_cli import config as cfgmod
     from bptt_cli import runs, threads
 
-    if sort is not None and sort not in render.SORT_KEYS:
+    if sort is not None and sort not in render.SORT_KEYS and sort not in render.SORT_ALIASES:
         raise fail(f"--sort must be one of {', '.join(render.SORT_KEYS)}, got {sort!r}")
     with user_errors():
         expectations = tuple(cfgmod.parse_expectation(e) for e in expect)

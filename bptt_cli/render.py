@@ -2,15 +2,21 @@
 
 Output goes to a stdout Console (data) or a stderr Console (talk and progress), both made
 by the CLI; rich honours NO_COLOR and drops ANSI codes when the stream is not a terminal.
+
+Tables fit the width they are drawn in (``FitTable``): below it they drop their least useful
+columns first (a sparkline, then cost columns), never crop a number's digits or an id; what
+was left out is named under the table.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from rich import box
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -43,17 +49,122 @@ def fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def sparkline(values: Sequence[float], width: int = 24) -> str:
-    """A unicode sparkline of ``values`` resampled to ``width`` points (finite values only)."""
+def sparkline(values: Sequence[float], width: int = 24, *, scale: tuple[float, float, bool] | None = None) -> str:
+    """A unicode sparkline of ``values`` resampled to ``width`` points (finite values only).
+
+    ``scale`` = (lo, hi, log) from ``spark_scale`` draws every line of a table on one scale,
+    so a row that moves from 2.08 to 1.90 does not look like one that falls to 0.07; without
+    it the line spans its own minimum to maximum."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
         return ""
     if len(vals) > width:
         step = len(vals) / width
         vals = [sum(vals[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)]) / max(1, int((i + 1) * step) - int(i * step)) for i in range(width)]
-    lo, hi = min(vals), max(vals)
+    if scale is None:
+        lo, hi, log = min(vals), max(vals), False
+    else:
+        lo, hi, log = scale
+    if log:
+        vals = [math.log10(max(v, lo)) for v in vals]
+        lo, hi = math.log10(lo), math.log10(hi)
     span = hi - lo or 1.0
-    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / span * (len(SPARK) - 1) + 0.5))] for v in vals)
+    top = len(SPARK) - 1
+    return "".join(SPARK[max(0, min(top, int((v - lo) / span * top + 0.5)))] for v in vals)
+
+
+def spark_scale(curves: Iterable[Sequence[float]]) -> tuple[float, float, bool] | None:
+    """One (lo, hi, log) for several sparklines: log when every value is positive and they
+    span two decades or more (one diverging curve must not flatten the rest)."""
+    vals = [float(v) for c in curves for v in c if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    return lo, hi, lo > 0 and hi / lo >= 100
+
+
+def _scale_text(scale: tuple[float, float, bool] | None) -> str:
+    if scale is None:
+        return ""
+    lo, hi, log = scale
+    return f"loss curves on one {'log ' if log else ''}scale, {fmt(lo)} (▁) to {fmt(hi)} (█)"
+
+
+# -- tables that fit their width ------------------------------------------------------------
+@dataclass
+class Column:
+    """One column of a ``FitTable``: header, a cell per row, and how it behaves when narrow.
+
+    ``drop`` orders what goes first when the table is too wide (higher first; 0 never goes).
+    Numbers and ids never wrap or get cut; ``wrap`` is for free text (an error message)."""
+
+    header: str
+    cells: list[Any] = field(default_factory=list)
+    justify: str = "right"
+    drop: int = 0
+    style: str = ""
+    wrap: bool = False
+    min_width: int | None = None
+    compact: list[Any] | None = None  # shorter cells (a mean without its ± std) for a last try before folding
+
+
+def _cell(cells: list[Any], i: int) -> Any:
+    return cells[i] if i < len(cells) else ""
+
+
+class FitTable:
+    """A rich table that fits the width it is drawn in by leaving out whole columns.
+
+    Columns go in ``drop`` order until the table's natural width fits; the ones left out
+    are named in the caption. If the columns that never go are still too wide (a very
+    narrow terminal), cells fold onto more lines rather than lose characters."""
+
+    def __init__(self, columns: Sequence[Column], *, title: str = "", caption: str = "", **table_kwargs: Any) -> None:
+        self.columns = list(columns)
+        self.title, self.caption, self.kwargs = title, caption, table_kwargs
+
+    def build(self, columns: Sequence[Column], *, fold: bool = False, compact: bool = False, hidden: Sequence[str] = ()) -> Table:
+        caption = self.caption
+        hidden = [h.replace("\n", " ") for h in hidden] + (["± std"] if compact and any(c.compact for c in columns) else [])
+        if hidden:
+            caption = "; ".join(x for x in (caption, "left out to fit: " + ", ".join(hidden)) if x)
+        table = Table(title=self.title or None, caption=caption or None, caption_justify="left", **self.kwargs)
+        for c in columns:
+            # Folding, text columns (labels, ids) wrap onto more lines; numbers never do.
+            wraps = c.wrap or (fold and c.justify == "left")
+            table.add_column(
+                c.header, justify=c.justify, style=c.style, no_wrap=not wraps, min_width=c.min_width,
+                overflow="fold" if wraps else "ellipsis", max_width=40 if c.wrap else None,
+            )  # fmt: skip
+        n = max((len(c.cells) for c in columns), default=0)
+        for i in range(n):
+            table.add_row(*[_cell(c.compact if compact and c.compact else c.cells, i) for c in columns])
+        return table
+
+    def fit(self, console: Console, options: ConsoleOptions) -> Table:
+        width = options.max_width
+        wide = options.update_width(1_000_000)
+        kept = list(self.columns)
+        hidden: list[str] = []
+        table = self.build(kept)
+        if Measurement.get(console, wide, table).maximum <= width:
+            return table
+        for c in sorted((c for c in self.columns if c.drop), key=lambda c: -c.drop):
+            kept.remove(c)
+            hidden.append(c.header)
+            table = self.build(kept, hidden=hidden)
+            if Measurement.get(console, wide, table).maximum <= width:
+                return table
+        table = self.build(kept, compact=True, hidden=hidden)
+        if Measurement.get(console, wide, table).maximum <= width:
+            return table
+        return self.build(kept, fold=True, compact=True, hidden=hidden)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.fit(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.fit(console, options))
 
 
 def pick_rows(n: int, every: int) -> list[int]:
@@ -78,18 +189,22 @@ def metrics_table(
     every: int | None = None,
     diverged: dict | None = None,
     title: str = "Training log",
-) -> Table:
+) -> FitTable:
     """The per-update log: step, update, loss, gradient norms, clipping, and held-out metrics
-    at the steps where they were measured. Clipped updates and divergence are marked."""
+    at the steps where they were measured. Clipped updates and divergence are marked.
+    Narrow: the norm after clipping goes first, then the clip mark, then the update count."""
     eval_keys = [k for k in (evals[0] if evals else {}) if k not in ("step", "update", "time")]
     by_step = {e["step"]: e for e in evals}
     every = every or default_every(len(metrics))
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
-    # Short headers and unwrapped numbers keep the table whole in an 80-column terminal.
-    for col in ("step", "update", "loss", "|g|", "|g| after", "clip"):
-        table.add_column(col, justify="right", no_wrap=True, min_width=4)
-    for k in eval_keys:
-        table.add_column(f"eval {_short(k)}", justify="right", style="cyan", no_wrap=True)
+    cols = {
+        "step": Column("step", min_width=4),
+        "update": Column("update", min_width=4, drop=1),
+        "loss": Column("loss", min_width=4),
+        "|g|": Column("|g|", min_width=4),
+        "|g| after": Column("|g| after", min_width=4, drop=3),
+        "clip": Column("clip", min_width=4, drop=2),
+    }
+    ecols = [Column(f"eval {_short(k)}", style="cyan") for k in eval_keys]
     shown_evals: set[int] = set()
     rows = set(pick_rows(len(metrics), every))
     last_of_step = {r["step"]: i for i, r in enumerate(metrics)}
@@ -97,29 +212,23 @@ def metrics_table(
     for i in sorted(rows):
         r = metrics[i]
         ev = by_step.get(r["step"])
-        cells = [
-            fmt(r.get("step")),
-            fmt(r.get("update")),
-            fmt(r.get("loss")),
-            fmt(r.get("grad_norm")),
-            fmt(r.get("clipped_norm")),
-            Text("yes", style="yellow") if r.get("clipped") else Text(""),
-        ]
-        if ev is not None and r["step"] not in shown_evals:
+        for key, v in (("step", r.get("step")), ("update", r.get("update")), ("loss", r.get("loss")),
+                       ("|g|", r.get("grad_norm")), ("|g| after", r.get("clipped_norm"))):  # fmt: skip
+            cols[key].cells.append(fmt(v))
+        cols["clip"].cells.append(Text("yes", style="yellow") if r.get("clipped") else Text(""))
+        fresh = ev is not None and r["step"] not in shown_evals
+        if fresh:
             shown_evals.add(r["step"])
-            cells += [fmt(ev.get(k)) for k in eval_keys]
-        else:
-            cells += [""] * len(eval_keys)
-        table.add_row(*cells)
+        for k, c in zip(eval_keys, ecols):
+            c.cells.append(fmt(ev.get(k)) if fresh else "")
     if diverged:
-        table.add_row(
-            fmt(diverged.get("step")),
-            fmt(diverged.get("update")),
-            Text("NaN/Inf", style="bold red"),
-            Text(f"diverged: non-finite {diverged.get('what', '')}", style="bold red"),
-            *[""] * (2 + len(eval_keys)),
-        )
-    return table
+        cols["step"].cells.append(fmt(diverged.get("step")))
+        cols["update"].cells.append(fmt(diverged.get("update")))
+        cols["loss"].cells.append(Text("NaN/Inf", style="bold red"))
+        cols["|g|"].cells.append(Text(f"diverged: non-finite {diverged.get('what', '')}", style="bold red"))
+        for c in (cols["|g| after"], cols["clip"], *ecols):
+            c.cells.append("")
+    return FitTable([*cols.values(), *ecols], title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
 
 
 def _short(key: str) -> str:
@@ -236,35 +345,30 @@ def _metric_text(d: dict) -> str:
     return ", ".join(f"{k} {fmt(d[k])}" for k in keys)
 
 
-def runs_tables(rows: Iterable[dict]) -> list[Table]:
+def runs_tables(rows: Iterable[dict]) -> list[FitTable]:
     """One table per folder of runs (titled with the folder), one row per run directory,
-    so the rows stay short enough for an 80-column terminal and the names stay whole."""
+    so the rows stay short enough for an 80-column terminal and the names stay whole
+    (narrower, the run's task, steps and name go before its truncation, loss and eval)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         parent, _, leaf = str(r.get("path", "")).rpartition("/")
         groups.setdefault(parent or ".", []).append({**r, "leaf": leaf})
     tables = []
     for parent, members in groups.items():
-        table = Table(title=parent, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False)
         # The config name is the folder's name for runs made under runs/; say it when it is not.
         named = any(str(r.get("name")) != parent.rpartition("/")[2] for r in members)
-        for col in ("run", "name", "status", "task", "truncation") if named else ("run", "status", "task", "truncation"):
-            table.add_column(col, no_wrap=True)
-        for col in ("steps", "loss", "eval"):
-            table.add_column(col, justify="right", no_wrap=True)
-        for r in members:
-            status = r.get("status", "?")
-            table.add_row(
-                r["leaf"],
-                *([str(r.get("name", ""))] if named else []),
-                Text(status, style=STATUS_STYLE.get(status, "")),
-                str(r.get("task", "")),
-                str(r.get("truncation", "")),
-                f"{fmt(r.get('steps_done'))}/{fmt(r.get('steps'))}",
-                fmt(r.get("final_loss")),
-                r.get("eval", ""),
-            )
-        tables.append(table)
+        cols = [
+            Column("run", [r["leaf"] for r in members], justify="left"),
+            *([Column("name", [str(r.get("name", "")) for r in members], justify="left", drop=4)] if named else []),
+            Column("status", [Text(r.get("status", "?"), style=STATUS_STYLE.get(r.get("status", "?"), "")) for r in members], justify="left"),
+            Column("task", [str(r.get("task", "")) for r in members], justify="left", drop=6),
+            Column("truncation", [str(r.get("truncation", "")) for r in members], justify="left", drop=3),
+            Column("steps", [f"{fmt(r.get('steps_done'))}/{fmt(r.get('steps'))}" for r in members], drop=5),
+            Column("loss", [fmt(r.get("final_loss")) for r in members], drop=2),
+            Column("eval", [r.get("eval", "") for r in members], drop=1),
+        ]
+        tables.append(FitTable(cols, title=parent, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1), pad_edge=False,
+                               collapse_padding=True, show_edge=False))  # fmt: skip
     return tables
 
 
@@ -299,89 +403,121 @@ def run_report(run, *, every: int | None = None) -> Group:
 
 
 # -- bptt compare -------------------------------------------------------------------------
-# (column key, header, best is "min" / "max" / None), in two tables so each fits a terminal
+# (column key, header, best is "min" / "max" / None, drop order when narrow: higher first,
+# 0 never), in tables that each fit a terminal: outcome, gradients and cost, diagnostics.
 OUTCOME_COLUMNS = (
-    ("train_loss", "train loss", "min"),
-    ("eval_loss", "eval loss", "min"),
-    ("metric_value", "{metric}", "max"),
-    ("updates_to_target", "updates to target", "min"),
+    ("train_loss", "train loss", "min", 3),
+    ("eval_loss", "eval loss", "min", 0),
+    ("metric_value", "{metric}", "max", 0),
+    ("updates_to_target", "updates to target", "min", 4),
 )
 GRADIENT_COLUMNS = (
-    ("grad_norm_median", "|g| median", None),
-    ("grad_norm_max", "|g| max", None),
-    ("clipped_share", "clipped", None),
-    ("bias_cosine", "bias cos", "max"),
-    ("decay_first", "decay/step first", None),
-    ("decay_last", "decay/step last", None),
-    ("time_per_update", "ms/update", "min"),
-    ("time_per_sequence", "ms/seq", "min"),
+    ("grad_norm_median", "|g| median", None, 2),
+    ("grad_norm_max", "|g| max", None, 3),
+    ("clipped_share", "clipped", None, 4),
+    ("ms_per_update", "ms/update", "min", 6),  # cost goes before gradients
+    ("ms_per_sequence", "ms/seq", "min", 7),
 )
 COMPARE_COLUMNS = OUTCOME_COLUMNS + GRADIENT_COLUMNS
+# Diagnostics: every scalar a pass logs reaches the compare as <name>_mean and <name>_last;
+# these are shown first, with short headers; the rest follow unless listed in DIAG_HIDDEN
+# (restatements of a shown one; they stay in compare.json and compare.csv).
+DIAG_HEADERS = {
+    "bias_cosine": ("bias cos", "max"),
+    "bias_rel_error": ("rel error", "min"),
+    "flow_decay_per_step": ("decay/step", None),
+    "spectrum_spectral_radius": ("spectral radius", None),
+    "spectrum_saturated_share": ("saturated", None),
+}
+DIAG_HIDDEN = ("flow_slope", "flow_halves_every", "flow_doubles_every", "bias_norm_mode", "bias_norm_full", "spectrum_max_singular_value")
 LOWER_IS_BETTER = ("bpc", "error_rate", "loss")
-SORT_KEYS = tuple(c[0] for c in COMPARE_COLUMNS) + ("group", "updates")
+SORT_KEYS = tuple(c[0] for c in COMPARE_COLUMNS) + (
+    "bias_cosine_mean", "bias_cosine_last", "bias_rel_error_mean", "bias_rel_error_last",
+    "flow_decay_per_step_first", "flow_decay_per_step_last", "group", "updates",
+)  # fmt: skip
+# Names --sort took before the files had units and every diagnostic a mean and a last value.
+SORT_ALIASES = {"time_per_update": "ms_per_update", "time_per_sequence": "ms_per_sequence", "bias_cosine": "bias_cosine_mean",
+                "decay_first": "flow_decay_per_step_first", "decay_last": "flow_decay_per_step_last"}  # fmt: skip
+DESCENDING = ("bias_cosine_mean", "bias_cosine_last")
 
 
-def compare_tables(result: dict, *, sort: str | None = None) -> list[Table]:
-    """Two tables, one row per mode/grid point, mean +- std over seeds, the best value of
-    each column in bold green: outcomes (with a loss sparkline), then gradients and cost."""
+def sort_rows(rows: list[dict], sort: str, metric: str | None = None) -> list[dict]:
+    """Rows ordered best first by ``sort`` (a column key or an alias); rows without it last."""
+    sort = SORT_ALIASES.get(sort, sort)
+    descending = sort in DESCENDING or (sort == "metric_value" and metric not in LOWER_IS_BETTER)
+    present = [r for r in rows if r.get(sort) is not None]
+    try:
+        present.sort(key=lambda r: r[sort], reverse=descending)
+    except TypeError:  # mixed types (a grid key with numbers and none): order as text
+        present.sort(key=lambda r: str(r[sort]), reverse=descending)
+    return present + [r for r in rows if r.get(sort) is None]
+
+
+def compare_tables(result: dict, *, sort: str | None = None) -> list[FitTable]:
+    """One row per mode/grid point, mean +- std over seeds, the best value of each column in
+    bold green: outcomes (with loss sparklines on one shared scale), gradients and cost, and
+    the diagnostics (mean over the passes and the last pass) when they were logged."""
     rows = list(result["rows"])
     metric = next((r["metric"] for r in rows if r.get("metric")), None)
     chance = next((r["chance"] for r in rows if r.get("chance") is not None), None)
     if sort:
-        descending = sort == "bias_cosine" or (sort == "metric_value" and metric not in LOWER_IS_BETTER)
-        present = sorted((r for r in rows if r.get(sort) is not None), key=lambda r: r[sort], reverse=descending)
-        rows = present + [r for r in rows if r.get(sort) is None]
+        rows = sort_rows(rows, sort, metric)
     name = result.get("name", "")
     outcome = _compare_table(
         rows, OUTCOME_COLUMNS, metric, title=f"Compare {name}: outcome ({result.get('budget', 'sequences')} budget)",
         chance=chance, curves=True,
     )  # fmt: skip
-    gradients = _compare_table(rows, GRADIENT_COLUMNS, metric, title=f"Compare {name}: gradients and cost", counts=False)
-    return [outcome, gradients]
+    tables = [outcome, _compare_table(rows, GRADIENT_COLUMNS, metric, title=f"Compare {name}: gradients and cost", counts=False)]
+    diag = diagnostic_columns(rows)
+    if diag:
+        tables.append(_compare_table(rows, diag, metric, title=f"Compare {name}: diagnostics (mean over passes, last pass)", counts=False))
+    return tables
+
+
+def diagnostic_columns(rows: list[dict]) -> tuple:
+    """The diagnostics columns of the rows, in the shape of OUTCOME_COLUMNS: the known ones
+    first, then any other key a pass logged; the later a column, the sooner it goes."""
+    names = list(dict.fromkeys(k[: -len("_mean")] for r in rows for k in r if k.endswith("_mean") and not k.endswith("_std")))
+    names = [n for n in DIAG_HEADERS if n in names] + [n for n in names if n not in DIAG_HEADERS and n not in DIAG_HIDDEN]
+    cols = []
+    for n in names:
+        header, best = DIAG_HEADERS.get(n, (n.replace("_", " "), None))
+        if n == "flow_decay_per_step" and any(r.get("flow_decay_per_step_first") is not None for r in rows):
+            cols.append(("flow_decay_per_step_first", f"{header}\nfirst", best))  # at the initial weights
+        cols += [(f"{n}_mean", f"{header}\nmean", best), (f"{n}_last", f"{header}\nlast", best)]
+    return tuple((key, header, best, i + 1) for i, (key, header, best) in enumerate(cols))
 
 
 def _compare_table(
     rows, columns, metric, *, title: str, chance: float | None = None, counts: bool = True, curves: bool = False
-) -> Table:
+) -> FitTable:
     cols = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("mode / grid point", no_wrap=True)
+    out = [Column("mode / grid point", [r["group"] for r in rows], justify="left")]
     if counts:
-        table.add_column("status", no_wrap=True)
-        table.add_column("updates", justify="right")
-        table.add_column("seqs", justify="right")
-    best: dict[str, float] = {}
-    for key, _, how in cols:
-        if how is None:
-            continue
+        out.append(Column("status", [_status_cell(r["statuses"]) for r in rows], justify="left"))
+        out.append(Column("updates", [fmt(_round(r.get("updates"))) for r in rows], drop=2))
+        out.append(Column("seqs", [fmt(_round(r.get("sequences"))) for r in rows], drop=5))
+    for key, header, how, drop in cols:
         if key == "metric_value" and metric in LOWER_IS_BETTER:
             how = "min"
         vals = [r[key] for r in rows if r.get(key) is not None]
-        if len(vals) > 1:
-            best[key] = min(vals) if how == "min" else max(vals)
-    for key, header, _ in cols:
+        best = (min(vals) if how == "min" else max(vals)) if how is not None and len(vals) > 1 else None
         header = header.format(metric=metric or "metric")
         if key == "metric_value" and chance is not None:
             header += f"\n(chance {fmt(chance)})"  # how far above chance, at a glance
-        table.add_column(header, justify="right")
-    if curves:
-        table.add_column("loss curve", no_wrap=True, min_width=16)
-    for r in rows:
-        cells: list[Any] = [r["group"]]
-        if counts:
-            cells += [_status_cell(r["statuses"]), fmt(_round(r.get("updates"))), fmt(_round(r.get("sequences")))]
-        for key, _, _ in cols:
+        cells, compact = [], []
+        for r in rows:
             v, sd = r.get(key), r.get(key + "_std")
-            scale = 1000.0 if key.startswith("time_per") else 1.0
-            text = fmt(v * scale if v is not None else None)
-            if sd is not None:
-                text += f" ± {fmt(sd * scale, 2)}"
-            style = "bold green" if key in best and v is not None and v == best[key] else ""
-            cells.append(Text(text, style=style, no_wrap=True))
-        if curves:
-            cells.append(sparkline(r.get("loss_curve") or [], width=16))
-        table.add_row(*cells)
-    return table
+            style = "bold green" if best is not None and v == best else ""
+            compact.append(Text(fmt(v), style=style))
+            cells.append(Text(fmt(v) + (f" ± {fmt(sd, 2)}" if sd is not None else ""), style=style))
+        out.append(Column(header, cells, drop=drop, compact=compact))
+    caption = ""
+    if curves:
+        scale = spark_scale(r.get("loss_curve") or [] for r in rows)
+        out.append(Column("loss curve", [sparkline(r.get("loss_curve") or [], width=16, scale=scale) for r in rows], justify="left", drop=6))
+        caption = _scale_text(scale)
+    return FitTable(out, title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
 
 
 def _round(v: Any) -> Any:
@@ -396,28 +532,22 @@ def _status_cell(statuses: dict[str, int]) -> Text:
     return Text(", ".join(parts), style="red" if "diverged" in statuses or "failed" in statuses else "yellow")
 
 
-def variants_table(result: dict) -> Table:
-    """One row per variant: status and where it stopped (for runs that did not complete)."""
-    table = Table(title=f"Variants (run directories under {result.get('path', '.')})", box=box.SIMPLE_HEAD, title_justify="left")
-    errors = any(r.get("error") for r in result["variants"])
-    cols = ("variant", "seed", "status", "stopped at step", "updates", "eval loss", "directory") + (("error",) if errors else ())
-    for col in cols:
-        table.add_column(col, justify="right" if col in ("seed", "updates", "eval loss", "stopped at step") else "left")
-    for r in result["variants"]:
-        status = r.get("status", "?")
-        cells = [
-            r["group"],
-            str(r["seed"]),
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            fmt(r.get("stopped_at")),
-            fmt(r.get("updates")),
-            fmt(r.get("eval_loss")),
-            r.get("id", ""),
-        ]
-        if errors:  # the first line of what went wrong; the whole of it is in the variant's files
-            cells.append(Text(r.get("error") or "", style="red"))
-        table.add_row(*cells)
-    return table
+def variants_table(result: dict) -> FitTable:
+    """One row per variant: status and where it stopped (for runs that did not complete);
+    the directory (the id to copy) is never left out or cut."""
+    vs = result["variants"]
+    cols = [
+        Column("variant", [r["group"] for r in vs], justify="left", drop=5),
+        Column("seed", [str(r["seed"]) for r in vs]),
+        Column("status", [Text(r.get("status", "?"), style=STATUS_STYLE.get(r.get("status", "?"), "")) for r in vs], justify="left"),
+        Column("stopped at step", [fmt(r.get("stopped_at")) for r in vs], drop=3),
+        Column("updates", [fmt(r.get("updates")) for r in vs], drop=4),
+        Column("eval loss", [fmt(r.get("eval_loss")) for r in vs], drop=2),
+        Column("directory", [r.get("id", "") for r in vs], justify="left"),
+    ]
+    if any(r.get("error") for r in vs):  # the first line of what went wrong; the whole of it is in the variant's files
+        cols.append(Column("error", [Text(r.get("error") or "", style="red") for r in vs], justify="left", wrap=True))
+    return FitTable(cols, title=f"Variants (run directories under {result.get('path', '.')})", box=box.SIMPLE_HEAD, title_justify="left")
 
 
 def compare_progress_table(status: dict[str, str], steps: dict[str, int], total: dict[str, int]) -> Table:

@@ -45,8 +45,15 @@ from bptt_cli.core.errors import BpttError
 from bptt_cli.safeio import opt, req
 
 LOGS = ("metrics", "eval", "diagnostics")
-STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
+STATUSES = ("running", "completed", "diverged", "interrupted", "failed")  # what a writer records
+# Every status a run or compare variant is reported with (tables, JSON, CSV): the recorded
+# ones, crashed (the summary says running, its writer is gone), and for compare variants
+# "not started" and damaged (files bptt cannot read back).
+REPORTED_STATUSES = STATUSES + ("crashed", "not started", "damaged")
 LOCK = "run.lock"
+# The version of the files' schema (bptt_cli/schemas.py, docs/runs.md), written into
+# summary.json and compare.json; it versions every file of their directory.
+SCHEMA_VERSION = 1
 
 
 class RunError(BpttError, ValueError):
@@ -353,6 +360,7 @@ class RunWriter:
 
     def summary(self, data: dict) -> None:
         try:
+            data = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in data.items() if k != "schema_version"}}
             atomic_write(self.path / "summary.json", (json.dumps(_jsonable(data), indent=2) + "\n").encode())
         except OSError as e:
             raise self._failed("summary.json", e) from None
@@ -383,7 +391,7 @@ LOG_SHAPES: dict[str, Any] = {
 }  # fmt: skip
 LOG_REQUIRED = {"metrics": ("step",), "eval": ("step", "loss"), "diagnostics": ("step",)}
 SUMMARY_SHAPE: dict[str, Any] = {
-    "status": "str", "name": opt("str"), "run_dir": opt("str"), "task": opt("str"), "truncation": opt("str"),
+    "schema_version": opt(_INT), "status": "str", "name": opt("str"), "run_dir": opt("str"), "task": opt("str"), "truncation": opt("str"),
     "update_every": opt("str"), "clip": opt({"mode": opt("str"), "threshold": _NUM}), "optimizer": opt("str"),
     "seed": opt(_INT), "steps": opt(_INT), "batch_size": opt(_INT), "chance": opt(("map", _NUM)),
     "started": opt("str"), "resumed": opt(_INT), "env": opt(("map", opt("str"))), "steps_done": opt(_INT),

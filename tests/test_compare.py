@@ -145,7 +145,7 @@ def test_dask_cluster_gives_the_same_rows_as_local_workers(invoke, tmp_path):
     assert result.exit_code == 0, result.output
     (dask,) = sorted((tmp_path / "dask" / "delay").glob("compare-*"))
     assert outcome(dask) == outcome(local)
-    strip = ("path", "run_dir", "time_per_update", "time_per_sequence", "time_per_update_std", "time_per_sequence_std")
+    strip = ("path", "run_dir", *(k + s for k in ("wall_time_s", "ms_per_update", "ms_per_sequence") for s in ("", "_std")))
     for kind in ("variants", "rows"):
         rows_dask = [{k: v for k, v in r.items() if k not in strip} for r in cmp.collect(dask)[kind]]
         rows_local = [{k: v for k, v in r.items() if k not in strip} for r in cmp.collect(local)[kind]]
@@ -348,12 +348,14 @@ def test_csv_and_json_hold_the_numbers_the_table_shows(invoke, tmp_path):
     path, result = run_compare(invoke, tmp_path, "--modes", MODES, "--seeds", "2")
     data = json.loads((path / "compare.json").read_text(encoding="utf-8"))
     with open(path / "compare.csv", newline="", encoding="utf-8") as f:
-        table = list(csv.DictReader(f))
-    assert [r["kind"] for r in table] == ["variant"] * 6 + ["aggregate"] * 3
+        table = list(csv.DictReader(f))  # one row per variant
+    with open(path / "compare_summary.csv", newline="", encoding="utf-8") as f:
+        aggregates = list(csv.DictReader(f))  # one row per mode/grid point
+    assert len(table) == 6 and len(aggregates) == 3
     assert data["budget"] == "sequences" and len(data["variants"]) == 6 and len(data["rows"]) == 3
     stdout = result.stdout
     lines = stdout.splitlines()
-    by_group = {r["group"]: r for r in table if r["kind"] == "aggregate"}
+    by_group = {r["group"]: r for r in aggregates}
 
     for row in data["rows"]:
         ids = [v["id"] for v in data["variants"] if v["group"] == row["group"]]
@@ -363,11 +365,11 @@ def test_csv_and_json_hold_the_numbers_the_table_shows(invoke, tmp_path):
             values = [s[key] for s in finals]
             assert row[col] == pytest.approx(statistics.fmean(values), rel=1e-12)
             assert row[col + "_std"] == pytest.approx(statistics.stdev(values), rel=1e-9)
-            assert float(by_group[row["group"]][col]) == row[col]  # repr in the CSV: exact round trip
+            assert float(by_group[row["group"]][col + "_mean"]) == row[col]  # repr in the CSV: exact round trip
         updates = [summary_of(path / vid)["updates"] for vid in ids]
-        assert row["updates"] == statistics.fmean(updates) == float(by_group[row["group"]]["updates"])
+        assert row["updates"] == statistics.fmean(updates) == float(by_group[row["group"]]["updates_mean"])
         assert row["metric"] == "accuracy" and row["statuses"] == {"completed": 2}
-        assert by_group[row["group"]]["status"] == "2/2 completed"
+        assert by_group[row["group"]]["n_completed"] == "2"
         # The outcome table's row of this group shows the mean +- std as formatted for display.
         (line,) = [ln for ln in lines if ln.strip().startswith(row["group"] + " ") and "2/2 ok" in ln]
         assert f"{render.fmt(row['eval_loss'])} ± {render.fmt(row['eval_loss_std'], 2)}" in line
