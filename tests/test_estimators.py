@@ -182,7 +182,9 @@ def test_influence_task_data_and_knobs():
     task = make_task("influence", {"length": 7}, seed=3, dtype=np.float64)
     b = task.train_batch(0, 2)
     assert b.x.shape == (7, 2, 1) and b.targets.shape == (7, 2, 1) and b.mask.shape == (7, 2)
-    assert (b.x == 1).all() and (b.targets == 1).all() and (b.mask == 1).all()
+    assert abs(b.x.mean() - 1) < 0.2 and b.x.std() > 0 and (b.targets == 1).all() and (b.mask == 1).all()
+    quiet = make_task("influence", {"noise": 0.0}).train_batch(0, 2)
+    assert (quiet.x == 1).all()
     p = task.initial_params(10, "identity", np.float64)
     assert np.array_equal(p["W_hh"], 0.5 * np.eye(10) + 0.5 * np.eye(10, k=1))
     assert np.array_equal(p["W_xh"][:, 0], np.zeros(10))
@@ -220,7 +222,7 @@ def test_influence_training_moves_theta_only_and_full_converges_where_truncation
     theta_full, loss_full = final("full")
     theta_trunc, loss_trunc = final("k_truncated:5")
     assert theta_full < 0 < theta_trunc
-    assert loss_full < 0.3 < 10 < loss_trunc
+    assert loss_full < 0.47 < 0.5 < 10 < loss_trunc  # 0.5: the loss at theta = 0
 
 
 def test_influence_refuses_a_model_that_does_not_fit(invoke):

@@ -15,7 +15,7 @@ from bptt_cli.tasks.base import CORPUS_STREAM
 from bptt_cli.tasks.grammar import corpus, corpus_bytes, sentences
 
 NAMES = list(REGISTRY)
-ONE_HOT = [n for n in NAMES if n not in ("adding", "sine")]
+ONE_HOT = [n for n in NAMES if n not in ("adding", "sine", "influence")]
 DTYPES = [np.float32, np.float64]
 FAST = settings(max_examples=30, deadline=None)
 
@@ -46,7 +46,7 @@ def random_text(n: int, seed: int = 0) -> str:
 
 
 def test_registry_order_and_declarations():
-    assert NAMES == ["delay", "adding", "copy_memory", "agreement", "temporal_order", "sine", "text"]
+    assert NAMES == ["delay", "adding", "copy_memory", "agreement", "temporal_order", "sine", "influence", "text"]
     for name, cls in REGISTRY.items():
         assert cls.name == name and issubclass(cls, Task)
         assert cls.description and "\n" not in cls.description

@@ -12,11 +12,12 @@ s_t[0] after j steps is theta * sum_k v_k C(j, k) c^k lambda^(j-k): the first p 
 up within a few steps, the last n - p pull it down later. In the steady state
 s[0] = theta * sum_k v_k c^k / (1 - lambda)^(k+1): with the defaults (c = 1 - lambda = 0.5)
 every unit weighs 2, so s[0] = 2 theta (2p - n) = -4 theta for n = 10, p = 4, and the loss
-wants theta < 0; a window shorter than about 17 steps sees only the short-term, positive
-effect and pushes theta up, away from the optimum.
+wants theta < 0; at theta = 0 with T = 50, k_truncated:K with K <= 15 sees mostly the
+short-term, positive effect and pushes theta up, away from the optimum (K >= 20 and full
+get the sign right).
 
 Mapped onto bptt's Elman RNN with the identity activation: h_t = W_hh h_{t-1} + W_xh x_t + b_h,
-y_t = W_hy h_t + b_y with x_t = 1, W_hh = A, W_xh = theta * v (H = n, I = 1), b_h = 0,
+y_t = W_hy h_t + b_y with x_t = 1 (+ noise), W_hh = A, W_xh = theta * v (H = n, I = 1), b_h = 0,
 W_hy = e_0^T, b_y = 0, target 1, mse loss on every step. ``initial_params`` builds that
 network at theta = ``theta``; ``project_gradient`` keeps only the theta direction (W_xh's
 gradient becomes (dL/dtheta) v, every other gradient 0), so an optimizer step moves theta
@@ -25,8 +26,12 @@ alone and the network stays the paper's system. The trainer calls both when a ta
 Differences from the paper, all knobs: the coupling c above the diagonal (the paper's A is
 a Jordan block, c = 1, whose steady influences grow as 2^k and need tiny learning rates;
 ``coupling: 1`` gives it); sequences of ``length`` steps from a zero state instead of one
-endless stream, the state not carried across batches; the batch's sequences are identical
-(the data are deterministic), so B only scales the cost.
+endless stream, the state not carried across batches (T = 50 by default, long enough for
+the full gradient to see the long-term sign); the input is 1 + ``noise`` * N(0, 1) rather
+than the paper's constant 1, so that batches differ from step to step as every task's do
+(``noise: 0`` gives the constant input; the default 0.1 leaves the signs above unchanged).
+The paper's own sizes and constants are not copied here (its text could not be consulted
+while this was written); the defaults are chosen so that the trade-off shows at T = 50.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ MAX_UNITS = 1024
 
 
 class InfluenceTask(Task):
-    """x ``(T, B, 1)`` ones, targets ``(T, B, 1)`` ones, mask ``(T, B)`` ones; the model is fixed (see module)."""
+    """x ``(T, B, 1)`` 1 + noise, targets ``(T, B, 1)`` ones, mask ``(T, B)`` ones; the model is fixed (see module)."""
 
     name = "influence"
     description = (
@@ -52,7 +57,8 @@ class InfluenceTask(Task):
         Param("decay", 0.5, "lambda, the diagonal of A", float, low=0.0, high=0.99),
         Param("coupling", 0.5, "c, the entries just above A's diagonal (1 = the paper's Jordan block)", float, low=0.0, high=10.0),
         Param("theta", 0.0, "initial value of the parameter theta", float, low=-1000.0, high=1000.0),
-        Param("length", 100, "sequence length T", int, low=2, high=MAX_LENGTH),
+        Param("noise", 0.1, "standard deviation of the input around 1 (0 = the paper's constant input)", float, low=0.0, high=10.0),
+        Param("length", 50, "sequence length T", int, low=2, high=MAX_LENGTH),
     )
     loss = "mse"
 
@@ -121,7 +127,8 @@ class InfluenceTask(Task):
     # -- data ---------------------------------------------------------------------------
     def _sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
         T = self.length
-        x = np.ones((T, batch_size, 1), dtype=self.dtype)
+        x = 1.0 + self.p["noise"] * rng.standard_normal((T, batch_size, 1))  # (T, B, 1)
+        x = x.astype(self.dtype)
         return Batch(x, np.ones((T, batch_size, 1), dtype=self.dtype), np.ones((T, batch_size), dtype=self.dtype))
 
     def metrics(self, y: np.ndarray, batch: Batch) -> dict[str, float]:
