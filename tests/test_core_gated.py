@@ -233,7 +233,7 @@ def test_float32_close_to_float64_and_workspace_reuse(cell):
     ws = Workspace()
     for mode in ("full", "k_truncated:3", "tbptt:3:3", "tbptt:2:5"):
         _, g64, _ = gated.loss_and_gradients(params, x, targets, mask, mode, cell=cell, h0=h0)
-        value, g32, last = gated.loss_and_gradients(p32, x.astype(np.float32), targets, mask, mode, cell=cell,
+        _, g32, last = gated.loss_and_gradients(p32, x.astype(np.float32), targets, mask, mode, cell=cell,
                                                     h0=h0.astype(np.float32), workspace=ws)
         assert last.dtype == np.float32 and all(g.dtype == np.float32 for g in g32.values())
         for k in rg.KEYS:
@@ -292,3 +292,27 @@ def test_step_calls_reported():
     for cell in CELLS:
         calls = gated.step_calls(cell)
         assert calls["forward"] <= 12 and calls["backward"] <= 7
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dispatch_from_bptt_and_model(cell):
+    from bptt_cli.core import bptt, model
+
+    params, x, targets, mask, h0 = _problem(cell, "mse", (5, 2, 2, 3, 2), 4)
+    mask[:] = 1
+    want = gated.loss_and_gradients(params, x, targets, mask, "tbptt:2:3", cell=cell, loss="mse", h0=h0)
+    got = bptt.loss_and_gradients(params, x, targets, mask, "tbptt:2:3", cell=cell, loss="mse", h0=h0)
+    assert got[0] == want[0] and all((got[1][k] == want[1][k]).all() for k in rg.KEYS)
+    seen = []
+    bptt.chunked_pass(params, x, targets, mask, "subsequence:2", lambda i, v, g: seen.append(i), cell=cell,
+                      loss="mse", h0=h0)
+    assert seen == [0, 1, 2]
+    J = bptt.state_jacobian(params, x, 4, 2, cell=cell, h0=h0)
+    assert (J == gated.state_jacobian(params, x, 4, 2, cell=cell, h0=h0)).all()
+    states, y = model.forward(params, x, cell=cell, h0=h0)
+    want_states, want_y = rg.forward(params, x, cell, h0)
+    assert ref.rel_err(states, want_states) < 1e-13 and ref.rel_err(y, want_y) < 1e-13
+    net = model.RNN.init(2, 3, 4, cell=cell, init="pytorch", seed=3, dtype=np.float64)
+    assert net.cell == cell and net.sizes == (2, 3, 4)
+    assert tuple(net.params) == model.param_names(cell) == gated.PARAM_NAMES
+    assert model.param_names() == model.PARAM_NAMES

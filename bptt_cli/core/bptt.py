@@ -662,6 +662,7 @@ def loss_and_gradients(
     h0: np.ndarray | None = None,
     workspace: Workspace | None = None,
     rng: np.random.Generator | None = None,
+    cell: str = "elman",
 ) -> tuple[float, dict, np.ndarray]:
     """Loss and the truncated gradient of one whole sequence batch, with no update inside.
 
@@ -673,7 +674,13 @@ def loss_and_gradients(
     ``rng``: the Generator the random modes (random_k, artbp) draw from, first thing
     (``Truncation.draw``); required by them, ignored by the others. An adaptive mode must
     be given as the ``with_k(K)`` it runs with (``core/adaptive.py`` picks K).
+    ``cell``: ``elman`` (this engine) or ``gru``/``lstm`` (``core/gated.py``, its parameter keys).
     """
+    if cell != "elman":  # the gated cells' engine; ``activation`` is the Elman cell's alone
+        from bptt_cli.core import gated
+
+        return gated.loss_and_gradients(params, x, targets, mask, truncation, cell=cell, loss=loss, h0=h0,
+                                        workspace=workspace, rng=rng)
     tr = parse(truncation)
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
@@ -720,6 +727,7 @@ def chunked_pass(
     h0: np.ndarray | None = None,
     workspace: Workspace | None = None,
     rng: np.random.Generator | None = None,
+    cell: str = "elman",
 ) -> np.ndarray:
     """The ``update_every: chunk`` schedule: an update after every chunk, inside one sequence.
 
@@ -750,6 +758,11 @@ def chunked_pass(
     and its chain carries the adjoint with W_hh / (1 - c), the compensation of the uncut steps
     it crosses. ``workspace.chunks()`` gives every chunk's steps, for the callback.
     """
+    if cell != "elman":  # gru / lstm: core/gated.py
+        from bptt_cli.core import gated
+
+        return gated.chunked_pass(params, x, targets, mask, truncation, on_chunk, cell=cell, loss=loss, h0=h0,
+                                  workspace=workspace, rng=rng)
     tr = parse(truncation)
     check_activation(activation)
     targets, mask, h0 = check_inputs(params, x, targets, mask, h0, loss)
@@ -958,10 +971,16 @@ def _window_gradients(params, x, hs, dy, a: int, b: int, f: int, C: int, W_ran, 
 
 
 def state_jacobian(
-    params: dict, x: np.ndarray, t: int, j: int, *, activation: str = "tanh", h0: np.ndarray | None = None
+    params: dict, x: np.ndarray, t: int, j: int, *, activation: str = "tanh", h0: np.ndarray | None = None,
+    cell: str = "elman",
 ) -> np.ndarray:
     """dh_t/dh_{t-j} (B, H, H): the lecture's product of step Jacobians diag(phi'(a_s)) W_hh
-    for s = t down to t-j+1 (column convention: J[b] @ dh_{t-j} = dh_t)."""
+    for s = t down to t-j+1 (column convention: J[b] @ dh_{t-j} = dh_t). For ``cell`` gru or
+    lstm, d state_t / d state_{t-j} (B, S, S), S = H or 2H (h then c), from core/gated.py."""
+    if cell != "elman":
+        from bptt_cli.core import gated
+
+        return gated.state_jacobian(params, x, t, j, cell=cell, h0=h0)
     from bptt_cli.core.model import forward
 
     T, B, _ = x.shape

@@ -223,7 +223,7 @@ def _check_h0(h0, cell: str, B: int, H: int, dt):
 
 
 def _check_truncation(tr: Truncation) -> None:
-    if getattr(tr, "random", False) or tr.mode not in ("full", "k_truncated", "subsequence", "tbptt"):
+    if getattr(tr, "random", False):
         raise InvalidInputError(f"{tr.mode} is implemented for the elman cell only; gated cells (gru, lstm) take "
                                 "full, k_truncated:K, subsequence:K or tbptt:K1:K2")
 

@@ -19,6 +19,15 @@ import numpy as np
 from bptt_cli.core.errors import InvalidInputError
 
 PARAM_NAMES = ("W_xh", "W_hh", "b_h", "W_hy", "b_y")
+
+
+def param_names(cell: str = "elman") -> tuple[str, ...]:
+    """The parameter keys of a cell: PARAM_NAMES for elman, PyTorch's names for gru and lstm."""
+    if cell == "elman":
+        return PARAM_NAMES
+    from bptt_cli.core import gated
+
+    return gated.param_names(cell)
 INITS = ("orthogonal", "gaussian", "identity")
 
 
@@ -64,10 +73,12 @@ def check_dtype(dtype) -> np.dtype:
 
 @dataclass
 class RNN:
-    """A set of parameters and the activation they run with."""
+    """A set of parameters and the activation they run with (``cell``: elman, gru or lstm;
+    gated cells keep PyTorch's parameter names, see ``core/gated.py``)."""
 
     params: dict[str, np.ndarray]
     activation: str = "tanh"
+    cell: str = "elman"
 
     @classmethod
     def init(
@@ -82,8 +93,17 @@ class RNN:
         seed: int = 0,
         dtype=np.float32,
         init_params: dict | None = None,
+        cell: str = "elman",
+        forget_bias: float = 1.0,
     ) -> RNN:
-        """Fresh parameters (see :func:`init_elman`)."""
+        """Fresh parameters (see :func:`init_elman`; for ``cell`` gru or lstm, ``gated.init_params``
+        with ``init`` pytorch or orthogonal, drawn from ``default_rng(seed)``)."""
+        if cell != "elman":
+            from bptt_cli.core import gated
+
+            params = gated.init_params(cell, n_in, n_hidden, n_out, init=init, forget_bias=forget_bias,
+                                       rng=np.random.default_rng(seed), dtype=dtype)
+            return cls(params, activation, cell)
         check_activation(activation)
         params = init_elman(
             n_in, n_hidden, n_out, init=init, spectral_radius=spectral_radius, seed=seed, dtype=dtype, init_params=init_params
@@ -93,6 +113,8 @@ class RNN:
     @property
     def sizes(self) -> tuple[int, int, int]:
         """(I, H, O)."""
+        if self.cell != "elman":
+            return self.params["weight_ih"].shape[1], self.params["weight_hh"].shape[1], self.params["W_hy"].shape[0]
         H, I = self.params["W_xh"].shape
         return I, H, self.params["W_hy"].shape[0]
 
@@ -257,8 +279,13 @@ def outputs(params: dict, hs: np.ndarray) -> np.ndarray:
     return y.reshape(T, B, -1)
 
 
-def forward(params: dict, x: np.ndarray, *, activation: str = "tanh", h0: np.ndarray | None = None):
-    """(hs, y): hidden states hs (T+1, B, H) with hs[0] = h0, and outputs y (T, B, O)."""
+def forward(params: dict, x: np.ndarray, *, activation: str = "tanh", h0: np.ndarray | None = None, cell: str = "elman"):
+    """(hs, y): hidden states hs (T+1, B, H) with hs[0] = h0, and outputs y (T, B, O).
+    Gated cells: ``gated.forward``, states (T+1, B, H) (gru) or (T+1, 2, B, H) (lstm, h and c)."""
+    if cell != "elman":
+        from bptt_cli.core import gated
+
+        return gated.forward(params, x, cell, h0=h0)
     check_activation(activation)
     T, B, _ = x.shape
     H = params["W_hh"].shape[0]
