@@ -597,11 +597,11 @@ def gradcheck(
             specs = list(dict.fromkeys([cfg.truncation.spec, "full", f"k_truncated:{k}", f"subsequence:{k}", f"tbptt:{k}:{2 * k}"]))
         setting = cfg.train.threads if threads_ is None else threads.parse_setting(threads_)
         with threads.limit(threads.choose(setting, batch=x.shape[1], hidden=cfg.model.hidden, dtype="float64")):
-            rows = run_gradcheck(params, x, targets, mask, specs, activation=act, loss=loss)
+            rows = run_gradcheck(params, x, targets, mask, specs, activation=act, loss=loss, cell=cfg.model.cell)
     if as_json:
         out.print_json(json.dumps(runs._jsonable(rows)))
     else:
-        out.print(render.gradcheck_table(rows, title=f"Gradient check: {cfg.task.name}, {act}, H={cfg.model.hidden}, T={T}, B={x.shape[1]}, float64"))
+        out.print(render.gradcheck_table(rows, title=f"Gradient check: {cfg.task.name}, {act if cfg.model.cell == 'elman' else cfg.model.cell}, H={cfg.model.hidden}, T={T}, B={x.shape[1]}, float64"))
     bad = [r for r in rows if not r["ok"]]
     if bad:
         for r in bad:

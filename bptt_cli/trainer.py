@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bptt_cli.config import Config, Expectation, parse_expectation
-from bptt_cli.core import clipping, optim
+from bptt_cli.core import clipping, gated, optim
 from bptt_cli.core.bptt import Workspace, chunked_pass, loss_and_gradients
 from bptt_cli.core.errors import DivergedError, InvalidInputError
 from bptt_cli.core.losses import LOSSES
@@ -65,6 +65,26 @@ class TrainState:
         return out
 
 
+class _Engine:
+    """The engine of one cell behind the Elman signatures: ``bptt.py``'s and ``model.py``'s own
+    functions for elman, ``gated.py``'s with the cell bound for gru and lstm (which have no
+    ``activation`` to take), so the loop reads the same for every cell."""
+
+    def __init__(self, cell: str) -> None:
+        self.cell = cell
+        if cell == "elman":
+            self.loss_and_gradients, self.chunked_pass, self.forward = loss_and_gradients, chunked_pass, forward
+            return
+        gated.check_cell(cell)
+        self.loss_and_gradients = lambda *a, activation=None, **kw: gated.loss_and_gradients(*a, cell=cell, **kw)
+        self.chunked_pass = lambda *a, activation=None, **kw: gated.chunked_pass(*a, cell=cell, **kw)
+        self.forward = lambda params, x, *, activation=None, h0=None: gated.forward(params, x, cell, h0)
+
+    def state_shape(self, B: int, H: int) -> tuple[int, ...]:
+        """The carried state: (B, H), or (2, B, H) = (h, c) for the LSTM."""
+        return (2, B, H) if self.cell == "lstm" else (B, H)
+
+
 class Trainer:
     """Builds the task, model and optimizer of a config and runs its training loop."""
 
@@ -77,6 +97,7 @@ class Trainer:
         self.chunked = cfg.truncation.update == "chunk"
         self.target: Expectation | None = parse_expectation(cfg.train.target) if cfg.train.target else None
         self.workspace = Workspace()
+        self.engine = _Engine(cfg.model.cell)
         self._eval_batch: Batch | None = None
         self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
         if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
@@ -85,7 +106,9 @@ class Trainer:
     # -- state ------------------------------------------------------------------------
     def initial_state(self) -> TrainState:
         m = self.cfg.model
-        model = RNN.init(
+        if m.cell != "elman" and getattr(self.task, "initial_params", None) is not None:
+            raise InvalidInputError(f"the {self.cfg.task.name} task fixes an Elman model; use model.cell: elman")
+        model = None if m.cell != "elman" else RNN.init(
             self.task.n_in,
             m.hidden,
             self.task.n_out,
@@ -95,7 +118,13 @@ class Trainer:
             seed=self.cfg.seed,
             dtype=self.dtype,
         )
-        params = model.params
+        if model is not None:
+            params = model.params
+        else:  # PyTorch's layout and initialisation (core/gated.py)
+            params = gated.init_params(
+                m.cell, self.task.n_in, m.hidden, self.task.n_out,
+                init=m.init, forget_bias=m.forget_bias, rng=self.cfg.seed, dtype=self.dtype,
+            )  # fmt: skip
         task_init = getattr(self.task, "initial_params", None)
         if task_init is not None:  # a task whose model is fixed (influence): its own weights
             params = task_init(m.hidden, m.activation, self.dtype)
@@ -124,7 +153,7 @@ class Trainer:
         """Held-out loss and the task's metrics, from a zero initial state."""
         b = self.eval_batch
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            _, y = forward(params, b.x, activation=self.cfg.model.activation)
+            _, y = self.engine.forward(params, b.x, activation=self.cfg.model.activation)
             loss, _ = LOSSES[self.task.loss](y, b.targets, b.mask)
         return {"loss": loss, **self.task.metrics(y, b)}
 
@@ -165,12 +194,12 @@ class Trainer:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     # The engine reports non-finite values as DivergedError; numpy's warnings would only be noise.
                     if self.chunked:
-                        h_last = chunked_pass(
+                        h_last = self.engine.chunked_pass(
                             state.params, batch.x, batch.targets, batch.mask, self.truncation, apply,
                             activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
                         )  # fmt: skip
                     else:
-                        loss, grads, h_last = loss_and_gradients(
+                        loss, grads, h_last = self.engine.loss_and_gradients(
                             state.params, batch.x, batch.targets, batch.mask, self.truncation,
                             activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
                         )  # fmt: skip
@@ -271,19 +300,23 @@ class Trainer:
         from bptt_cli.core import diagnostics as diag
 
         act, loss_kind = self.cfg.model.activation, self.task.loss
+        cell = self.cfg.model.cell
         args = (state.params, batch.x, batch.targets, batch.mask)
         kw = {"activation": act, "loss": loss_kind, "h0": h0}
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 if grads is None:
-                    _, grads, _ = loss_and_gradients(*args, self.truncation, **kw, workspace=self.workspace)
-                hs = self.workspace.states()  # (T+1, B, H)
+                    _, grads, _ = self.engine.loss_and_gradients(*args, self.truncation, **kw, workspace=self.workspace)
+                hs = self.workspace.states()  # (T+1, B, H); the LSTM's (T+1, 2, B, H)
                 flow = diag.gradient_flow(
-                    *args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs, workspace=self.workspace
+                    *args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs, workspace=self.workspace, cell=cell
                 )
-                spec = diag.spectrum(state.params, hs=hs[1:], activation=act)
+                spec = diag.spectrum(state.params, hs=hs[1:], activation=act, cell=cell)
+                gates = diag.gates(state.params, batch.x, cell=cell, h0=h0)
+                if gates is not None:  # next to the tanh saturation: the forget (update) gates'
+                    spec.update(gate=gates["gate"], gate_high=gates["high"], gate_low=gates["low"])
                 # Last: the full gradient it may compute overwrites the workspace's states.
-                bias = diag.bias_for_mode(*args, self.truncation, **kw, grads=grads, workspace=self.workspace)
+                bias = diag.bias_for_mode(*args, self.truncation, **kw, grads=grads, workspace=self.workspace, cell=cell)
         except DivergedError:
             return None
         return {"step": step, "update": state.update, "flow": flow, "bias": bias, "spectrum": spec}
@@ -367,7 +400,9 @@ class _StateReader:
             B, H = tr.cfg.train.batch_size, tr.cfg.model.hidden
             if not tr.task.stateful:
                 raise InvalidInputError(f"{CHECKPOINT} has a hidden state 'h' but the {tr.cfg.task.name} task carries none")
-            h = self.array("h", np.empty((B, H), tr.dtype), "the hidden state carried across batches (B, H)")
+            shape = tr.engine.state_shape(B, H)
+            what = "(B, H)" if len(shape) == 2 else "(2, B, H): the LSTM's (h, c)"
+            h = self.array("h", np.empty(shape, tr.dtype), f"the hidden state carried across batches {what}")
             if not np.isfinite(h).all():
                 raise InvalidInputError(f"{CHECKPOINT} member 'h' (the carried hidden state) contains NaN or Inf")
             h = h.copy()
@@ -400,8 +435,8 @@ def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
 
     The last ``max_steps`` steps of the first training batch (the end keeps the loss of
     tasks that score only their final step), at most ``max_batch`` sequences, and freshly
-    initialised weights of the configured shape, activation and init.
-    Returns (params, x, targets, mask, activation, loss).
+    initialised weights of the configured cell, shape, activation and init.
+    Returns (params, x, targets, mask, activation, loss); the cell is ``cfg.model.cell``.
     """
     task = make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=np.float64)
     b = task.train_batch(0, min(cfg.train.batch_size, max_batch))
@@ -411,6 +446,11 @@ def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
     if not mask.any():
         mask = np.ones_like(mask)  # a slice with no scored step still has gradients worth checking
     m = cfg.model
+    if m.cell != "elman":
+        params = gated.init_params(
+            m.cell, task.n_in, m.hidden, task.n_out, init=m.init, forget_bias=m.forget_bias, rng=cfg.seed, dtype=np.float64
+        )
+        return params, x, targets, mask, m.activation, task.loss
     model = RNN.init(
         task.n_in, m.hidden, task.n_out,
         activation=m.activation, init=m.init, spectral_radius=m.spectral_radius, seed=cfg.seed, dtype=np.float64,

@@ -359,14 +359,15 @@ def spectrum(params: dict, hs: np.ndarray | None = None, activation: str = "tanh
 
     Gated cells (``cell`` gru or lstm) have no single W_hh whose spectrum governs the flow:
     radius and singular value are None (n/a), and saturated_share is over the h entries of
-    hs ((..., B, H) for the GRU, (..., 2, B, H) for the LSTM, whose h is index 0 of axis -3).
+    hs: h states of any shape (``Workspace.states()`` holds h alone for every cell), or the
+    LSTM's whole states (T, 2, B, H) from ``forward``, whose h is index 0 of axis 1.
     """
     _check_cell(cell)
     if cell != "elman":
         share = None
         if hs is not None:
             h = np.asarray(hs)
-            h = h[..., 0, :, :] if cell == "lstm" else h
+            h = h[:, 0] if cell == "lstm" and h.ndim == 4 else h
             share = float((np.count_nonzero(h > SATURATION) + np.count_nonzero(h < -SATURATION)) / h.size) if h.size else None
         return {"spectral_radius": None, "max_singular_value": None, "saturated_share": share}
     check_activation(activation)
