@@ -160,8 +160,11 @@ def train(
     with user_errors():
         expectations = tuple(cfgmod.parse_expectation(e) for e in expect)
         if resume is not None:
-            if config is not None or set_ or run_dir is not None or smoke:
-                raise fail("--resume takes the config from the run directory; drop CONFIG, --set, --run-dir and --smoke")
+            if config is not None or run_dir is not None or smoke:
+                raise fail(
+                    "--resume takes the config from the run directory; drop CONFIG, --run-dir and --smoke "
+                    "(--set may give more train.steps, other train.threads or tracking)"
+                )
             previous = runs.load_run(resume)
             if previous.status == "diverged":
                 d = previous.summary.get("diverged_at") or {}
@@ -169,11 +172,13 @@ def train(
                     f"{resume} diverged at step {d.get('step')}; resuming would replay the same steps and diverge "
                     "again (runs are deterministic). Start a new run with other settings, e.g. --set clip.mode=global_norm"
                 )
-            if previous.status == "completed":
-                err.print(f"{resume} already completed; nothing to resume", markup=False)
+            if previous.status == "completed" and not set_:
+                err.print(f"{resume} already completed; nothing to resume (extend it with --set train.steps=N)", markup=False)
                 _report(resume, previous.summary, every=every, quiet=quiet, as_json=as_json)
                 return
-            cfg = cfgmod.load_config(resume / "config.yaml")
+            from bptt_cli.session import resume_config
+
+            cfg = resume_config(resume, set_)  # only more train.steps, train.threads or tracking may change
         else:
             cfg = cfgmod.load_config(config, set_)
             if smoke:
@@ -436,6 +441,11 @@ def compare(
         else:
             variants, path = _plan_compare(config, set_, smoke, modes, seeds, grid, budget, runs_root)
     err.print(f"compare: {path} ({len(variants)} variants)", markup=False)
+    from bptt_cli import tracking
+
+    parent = tracking.start_compare(path, variants[0].config) if variants else {}  # MLflow's parent run, when on
+    if parent.get("error"):
+        err.print(f"tracking: mlflow: {parent['error']}", markup=False)
     with user_errors(), StopFlag() as stop, _executor(workers or os.cpu_count() or 1, scheduler, stop) as (executor, in_process, remote):
         with _live(quiet) as show:
             progress = cmp.execute_all(path, variants, executor, in_process=in_process, remote_stop=remote, stop=stop, on_progress=show)
@@ -444,6 +454,8 @@ def compare(
         if expectations:
             result["expectations"] = cmp.check_expectations(result, expectations)
         cmp.write_results(path, result)
+    if parent:
+        tracking.finish_compare(path, variants[0].config, status="interrupted" if stop.requested else "completed")
     if as_json:
         out.print_json(json.dumps(runs._jsonable(result)))
     else:
@@ -670,6 +682,29 @@ def plot(
             path, out_file or Path(path) / "plot.png", on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False)
         )
     err.print(f"wrote {written}", markup=False)
+
+
+@app.command()
+def export(
+    paths: list[Path] = typer.Argument(..., help="Run directories and/or compare directories."),
+    to: str = typer.Option(..., "--to", help="tensorboard or mlflow."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="tensorboard: the folder for event files (default ./tensorboard); mlflow: the tracking URI (default: MLflow's)."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="mlflow: the experiment (default: each run's name)."),
+) -> None:
+    """Send existing runs and compares to TensorBoard or MLflow from their files (needs the tensorboard or mlflow extra)."""
+    from bptt_cli import tracking
+
+    failed = 0
+
+    def show(row: dict) -> None:
+        nonlocal failed
+        failed += row["status"] == "failed"
+        why = row.get("where") if row["status"] == "exported" else row.get("why") or row.get("error")
+        err.print(f"{row['status']}: {row['path']}" + (f" -> {why}" if why else ""), markup=False)
+
+    with user_errors():
+        tracking.export(paths, to, uri=uri, experiment=experiment, on_done=show)
+    raise typer.Exit(EXIT_FAILED if failed else 0)
 
 
 @app.command()

@@ -553,8 +553,46 @@ class CompareConfig(_Section):
         return value
 
 
+class MlflowConfig(_Section):
+    """Where ``tracking.mlflow`` logs: a tracking URI and an experiment."""
+
+    uri: Str | None = Field(
+        None, description="tracking URI (sqlite:///mlflow.db, http://host:5000, a folder); null = MLflow's default (MLFLOW_TRACKING_URI)"
+    )
+    experiment: Str | None = Field(None, description="experiment name; null = the config's name")
+
+
+class TrackingConfig(_Section):
+    """Live logging to TensorBoard and MLflow (``bptt_cli.tracking``), off by default. It only
+    records: no number a run computes depends on it, and a backend that fails never stops a run.
+    Left out of the plain data while off, so configs without it dump and digest as before."""
+
+    tensorboard: Union[Bool, Str] = Field(
+        False, description="true: event files in <run dir>/tensorboard; a folder: under it by run name; false = off"
+    )
+    mlflow: MlflowConfig | None = Field(None, description="{uri, experiment} (true: MLflow's defaults); null = off")
+
+    @field_validator("tensorboard", mode="before")
+    @classmethod
+    def _folder(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, str) and value.strip()):
+            return value
+        raise ValueError(f"expected true, false or a folder for the event files, got {_repr(value)}")
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tensorboard) or self.mlflow is not None
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_SECTIONS = ("task", "model", "truncation", "clip", "optimizer", "train", "diagnostics")
+_SECTIONS = ("task", "model", "truncation", "clip", "optimizer", "train", "diagnostics", "tracking")
 
 
 class Config(_Section):
@@ -570,6 +608,14 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig, description="gradient diagnostics")
     compare: CompareConfig | None = Field(None, description="defaults for `bptt compare`; null = none")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="TensorBoard and MLflow logging; off by default")
+
+    @model_serializer(mode="wrap")
+    def _tracking_when_on(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if not self.tracking.enabled:
+            out.pop("tracking", None)  # off: every config without the section dumps as before it existed
+        return out
 
     @model_validator(mode="before")
     @classmethod
