@@ -8,8 +8,14 @@ It never prints; ``on_event`` lets the caller show progress.
 
 One process writes a run at a time (``runs.RunLock``, taken before anything is written). A
 resume checks what it continues: the checkpoint's counters lie within the run's steps, the
-config is the one the run started with (only ``train.steps`` may change) and the task's data
-are the same (a content fingerprint recorded at the start).
+config is the one the run started with (only ``train.steps`` may grow; ``train.threads`` and
+``tracking`` may change: how fast and where to, not what) and the task's data are the same (a
+content fingerprint recorded at the start). A completed run resumed with more steps is
+extended: it goes on exactly as a run configured with those steps from the start would
+(``resume_config`` checks the overrides, ``_extend`` undoes what ending early left behind).
+
+Tracking (``bptt_cli.tracking``) is one more consumer of what the loop reports: each record
+written to the logs is also handed to it, and summary.json's ``tracking`` says what it did.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from bptt_cli import runs, threads
-from bptt_cli.config import Config, Expectation, dump_yaml, from_dict, to_dict
+from bptt_cli import runs, threads, tracking
+from bptt_cli.config import Config, Expectation, dump_yaml, from_dict, load_config, to_dict
 from bptt_cli.core.errors import BpttError
 from bptt_cli.trainer import Event, Trainer
 
@@ -65,17 +71,26 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
     writer = runs.RunWriter(run_dir)
     last_update: dict = {}
     last_eval: dict = {}
+    previous: dict = {}
     if resume:
         previous, _ = runs.read_summary(run_dir)
-        if previous.get("status") == "completed":
-            raise runs.RunError(
-                f"{run_dir} already completed ({previous.get('steps_done')}/{previous.get('steps')} steps); nothing to resume"
-            )
+        extending = previous.get("status") == "completed"
+        if extending:
+            _check_extension(cfg, run_dir, previous)
         _check_same_experiment(cfg, run_dir, previous, data_fingerprint)
         runs.remove_temporaries(run_dir)
         arrays = runs.load_checkpoint(run_dir, cap=_checkpoint_cap(trainer))
         state = trainer.state_from_arrays(arrays)
         runs.truncate_logs(run_dir, state.step)
+        if extending:
+            _extend(cfg, run_dir, state, trainer)
+        text = dump_yaml(_with_absolute_path(cfg))
+        try:
+            same = (run_dir / "config.yaml").read_text(encoding="utf-8") == text
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:  # more steps, other threads or tracking: later sessions read these
+            writer.write_config(text)
         # The summary's final metrics come from the last logged lines if no new ones arrive.
         last_update = runs.last_record(run_dir / "metrics.jsonl")
         last_eval = runs.last_record(run_dir / "eval.jsonl")
@@ -115,6 +130,9 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         "config_digest": _config_digest(cfg),
     }
     writer.summary({**summary, "steps_done": state.step, "updates": state.update})
+    tracker, why = _start_tracking(cfg, run_dir, state.update if resume else None, previous.get("tracking"))
+    if why:
+        summary["tracking"] = {"error": why}
     last_diag: dict = {}
     ending: dict = {}
     session_start = time.perf_counter()
@@ -127,12 +145,18 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
                 last_update = dict(ev.data)
                 if ev.data["update"] % cfg.train.log_every == 0:
                     writer.append("metrics", ev.data)
+                    if tracker is not None:
+                        tracker.record("metrics", ev.data)
             elif ev.kind == "eval":
                 last_eval = ev.data
                 writer.append("eval", ev.data)
+                if tracker is not None:
+                    tracker.record("eval", ev.data)
             elif ev.kind == "diagnostics":
                 last_diag = ev.data
                 writer.append("diagnostics", ev.data)
+                if tracker is not None:
+                    tracker.record("diagnostics", ev.data)
             elif ev.kind in ("diverged", "target"):
                 ending[ev.kind] = ev.data
             if on_event is not None:
@@ -183,13 +207,24 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
             summary["diagnostics"] = _diag_summary(last_diag)
         if expect:
             summary["expectations"] = check_expectations(expect, summary["final"])
+        written = False
         try:
             writer.summary(summary)
+            written = True
         except runs.RunWriteError:
             if not (failing or late_error):
                 raise
         finally:
             writer.close()
+            if tracker is not None:
+                # After the summary is on disk (the plot sent along reads the final files); a
+                # backend still sending holds the end up for at most tracking.WAIT seconds.
+                summary["tracking"] = tracker.finish(summary)
+                if written:
+                    try:
+                        writer.summary(summary)
+                    except runs.RunWriteError:
+                        pass
     if late_error is not None:
         raise late_error
     return summary
@@ -209,8 +244,86 @@ def _config_digest(cfg: Config) -> str:
     data = to_dict(cfg)
     data["train"].pop("steps", None)
     data["train"].pop("threads", None)  # how fast it runs, not what it computes
+    data.pop("tracking", None)  # where its records are also sent, not what it computes
     data["task"].pop("path", None)
     return "sha256:" + hashlib.sha256(json.dumps(runs._jsonable(data), sort_keys=True).encode()).hexdigest()
+
+
+RESUME_MAY_CHANGE = ("train.steps", "train.threads", "tracking")  # tracking: any key under it
+
+
+def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config to resume ``run_dir`` with: its config.yaml with ``overrides`` applied, which
+    may only give more train.steps (extending the run), other train.threads or tracking.
+    RunError listing what changed and what may, otherwise."""
+    path = Path(run_dir) / "config.yaml"
+    recorded = load_config(path)
+    if not overrides:
+        return recorded
+    cfg = load_config(path, list(overrides))
+    before, after = tracking.flatten(to_dict(recorded)), tracking.flatten(to_dict(cfg))
+    changed = [k for k in dict.fromkeys([*before, *after]) if before.get(k, _MISSING) != after.get(k, _MISSING)]
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("tracking.")]
+    if refused:
+        what = ", ".join(f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in refused[:5])
+        raise runs.RunError(
+            f"--resume may change only train.steps (to more steps), train.threads and tracking.*; --set changed {what}. "
+            "Start a new run for other settings"
+        )
+    if cfg.train.steps < recorded.train.steps:
+        raise runs.RunError(
+            f"train.steps can only grow on --resume: the run has {recorded.train.steps:,}, --set gives {cfg.train.steps:,}"
+        )
+    return cfg
+
+
+_MISSING = object()
+
+
+def _check_extension(cfg: Config, run_dir: Path, previous: dict) -> None:
+    """A completed run goes on only with more steps, and only when it ran all of its steps."""
+    steps = previous.get("steps")
+    if not isinstance(steps, int) or cfg.train.steps <= steps:
+        raise runs.RunError(
+            f"{run_dir} already completed ({previous.get('steps_done')}/{steps} steps); nothing to resume. "
+            f"To extend it: bptt train --resume {run_dir} --set train.steps=N with N > {steps}"
+        )
+    if previous.get("target_reached"):
+        raise runs.RunError(
+            f"{run_dir} stopped early at its target ({(previous['target_reached'] or {}).get('target')}) at step "
+            f"{previous.get('steps_done')}; with more steps it stops at the same point. Start a new run without train.target"
+        )
+
+
+def _extend(cfg: Config, run_dir: Path, state, trainer: Trainer) -> None:
+    """Make a completed run's state that of a run configured with ``cfg.train.steps`` from the
+    start at the same step. The two differ in one thing only: a run evaluates at its last step
+    also off the eval_every schedule; that evaluation (a line of eval.jsonl, and the best
+    values it may have set) did not happen in the longer run, so it goes."""
+    every = cfg.train.eval_every
+    if every and state.step % every == 0:
+        return
+    path = run_dir / "eval.jsonl"
+    records, _ = runs.read_jsonl(path)
+    kept = [r for r in records if r["step"] != state.step]
+    try:
+        runs.atomic_write(path, "".join(runs.dumps(r) + "\n" for r in kept).encode())
+    except OSError as e:
+        raise runs.RunError(f"cannot rewrite {path} ({e.strerror or e})") from None
+    state.best = {}
+    for r in kept:  # the best values as the longer run tracked them, in the same order
+        metrics = {k: v for k, v in r.items() if k not in ("step", "update", "time") and isinstance(v, (int, float))}
+        trainer._track_best(state, metrics)
+
+
+def _start_tracking(cfg: Config, run_dir: Path, resume_update: int | None, previous: dict | None):
+    """(the run's Tracker or None, why not when it could not even be set up: the run goes on)."""
+    if not cfg.tracking.enabled:
+        return None, None
+    try:
+        return tracking.start(to_dict(cfg), run_dir, resume_update=resume_update, previous=previous or {}), None
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
 
 
 def _with_absolute_path(cfg: Config) -> Config:
