@@ -47,6 +47,14 @@ a multiple of C with zero losses so the views stay regular.
              blocks of W steps into three passes of one matvec per step, with the powers
              W_hh^2 .. W_hh^{W-1}: exact, O(T) instead of O(W T) (``_identity_gradients``).
 
+The random modes (``truncation.py``; derivations in docs/truncation.md) reuse these loops:
+
+    random_k:MEAN  loss t keeps lags j <= L_t, its lag-j adjoint weighted 1 / q^j before it is
+             added into A (``_random_k_gradients``): the lag sweep with one chain per loss,
+             chains sorted by L_t so the live ones are a shrinking prefix, one weight per lag
+    artbp:MEAN     the single chain, cut at the drawn points as at chunk starts, carrying the
+             adjoint with W_hh / (1 - c) across every other step (``_chain_gradients``)
+
 Every pass walks time in pieces: the forward pass and the chain in blocks of a few steps
 sized for the L2 cache (a block's input projections, steps and outputs; or its direct
 terms, steps and share of every weight gradient, while its rows are still in cache), the
