@@ -442,16 +442,17 @@ def _random_k_gradients(params: dict, x, hs, dy, L: np.ndarray, q: float, superv
     prefix of the chain buffer that shrinks as j grows, and a chain is dropped once its L_t
     is passed: the sweep costs sum_t (L_t + 1) chain-steps, E = (MEAN + 1) per loss, as
     ``k_truncated:MEAN`` does. Every live chain at lag j carries the same weight 1/q^j (its
-    mask is 1 by construction), so the weight is one scalar per lag, applied as the lag's
-    adjoints are added into A. The live chains sit at the distinct steps t - j, so a gather
-    of their phi' rows and one indexed add into A serve all of them (no duplicate indices).
-    Memory: A (T, B, H) and two chain buffers of at most T B H, beside hs.
+    mask is 1 by construction), one scalar per lag; the chains carry it themselves by
+    stepping back with W_hh / q instead of W_hh, so what a chain adds into A at lag j is
+    already q^(-j) delta_s^{(t)}. The live chains sit at the distinct steps t - j, so a
+    gather of their phi' rows and one indexed add into A serve all of them (no duplicate
+    indices). Memory: A, phi' (T, B, H) and two chain buffers of at most T B H, beside hs.
     """
     T, B, I = x.shape
     H = hs.shape[2]
     O = dy.shape[0]
     dt = hs.dtype
-    W_hh, W_hy = params["W_hh"], params["W_hy"]
+    W_q, W_hy = params["W_hh"] * (1.0 / q), params["W_hy"]  # the step back, times the next lag's 1/q
     ts = np.flatnonzero(supervised)
     order = np.argsort(-L[ts], kind="stable")  # longest window first
     ts = ts[order]
@@ -462,26 +463,21 @@ def _random_k_gradients(params: dict, x, hs, dy, L: np.ndarray, q: float, superv
     G = ws.get("rk_G", (T, B, H), dt)[:n]  # dL_t/dh at each chain's current step
     D = ws.get("rk_D", (T, B, H), dt)[:n]
     np.matmul(dy[:, ts].reshape(O, n * B).T, W_hy, out=G.reshape(n * B, H))  # lag 0: the direct terms
-    weight = 1.0
+    dphi = _dphi_into(activation, hs[1:], ws.get("rk_dphi", (T, B, H), dt))  # phi'(a_s), or None
     for j in range(int(Ls[0]) + 1):
         nj = int(live[j])
         at = ts[:nj] - j  # the steps the live chains are at, all distinct
         g = G[:nj]
-        if activation == "identity":
-            da = g
-        else:
-            dphi = _dphi_into(activation, hs[at + 1], np.empty((nj, B, H), dt))  # phi'(a_s), gathered
-            da = np.multiply(g, dphi, out=D[:nj])
-        A[at] += da if j == 0 else da * weight
+        da = g if dphi is None else np.multiply(g, dphi[at], out=D[:nj])  # q^(-j) dL_t/da_s
+        A[at] += da
         n1 = int(live[j + 1])
         if n1 == 0:
             break
-        # dL_t/dh_{s-1} = dL_t/da_s @ W_hh for the chains still live at lag j + 1 (a prefix)
+        # q^(-j-1) dL_t/dh_{s-1} = (q^(-j) dL_t/da_s) @ (W_hh / q), for the chains live at lag j + 1
         out = D if da is g else G
-        np.matmul(da[:n1].reshape(n1 * B, H), W_hh, out=out[:n1].reshape(n1 * B, H))
+        np.matmul(da[:n1].reshape(n1 * B, H), W_q, out=out[:n1].reshape(n1 * B, H))
         if da is g:
             G, D = D, G
-        weight /= q
     A2 = A.reshape(T * B, H)
     grads = _new_grads(params, zero=False)
     np.matmul(A2.T, hs[:T].reshape(T * B, H), out=grads["W_hh"])
