@@ -4,7 +4,8 @@ The text is a UTF-8 file (``path``) or, with no path, a corpus generated from th
 ``grammar.py`` (``n_sentences`` sentences with relative clauses nested up to ``depth`` deep,
 drawn from the seed's own corpus stream). The vocabulary is the sorted set of its characters:
 I = O = V. The first 1 - ``eval_fraction`` of the characters is for training, the rest is
-held out.
+held out; ``eval_fraction: 0`` holds nothing out (``held_out`` is False) and the trainer
+skips evaluation, as min-char-rnn trains on the whole text.
 
 Training (stateful). For batch size B the training text of N characters is cut into B
 contiguous streams of L = N // B characters (the tail is dropped), read side by side in
@@ -20,7 +21,10 @@ reads T + 1 characters and shares one with the next window::
 The batch of step i is a pure function of (text, B, i). The trainer carries the hidden
 state from one step to the next (``stateful``), the lecture's "feed x forward as usual";
 at the wrap from window W-1 to window 0 the text jumps back to the start of each stream,
-and the stale state only costs the first few steps of that window.
+and the stale state only costs the first few steps of that window. With
+``reset_state_at_end: true`` the state is zeroed there instead (``resets_state``), as
+min-char-rnn does when its pointer wraps. (min-char-rnn reads windows at p = 0, 25, ...
+while p + T + 1 < N, one window fewer than here when (N - 1) is a multiple of T.)
 
 Evaluation. ``eval_batch(size)`` is ``size`` windows of T + 1 characters of the held-out
 text at offsets drawn from the evaluation stream, each read from a zero initial state (so
@@ -58,7 +62,8 @@ class TextTask(Task):
     params = (
         Param("path", None, "UTF-8 text file; null for the generated corpus", str, optional=True),
         Param("length", 50, "window length T (characters per training step)", int, low=1, high=MAX_LENGTH),
-        Param("eval_fraction", 0.1, "share of the text, at its end, held out", float, low=0.01, high=0.5),
+        Param("eval_fraction", 0.1, "share of the text, at its end, held out; 0 = none (no evaluation)", float, low=0.0, high=0.5),
+        Param("reset_state_at_end", False, "zero the carried hidden state when the windows wrap to the start", bool),
         Param("depth", 2, "generated corpus only: deepest nesting of relative clauses", int, low=0, high=10),
         Param(
             "n_sentences",
@@ -97,7 +102,8 @@ class TextTask(Task):
         ids = self.corpus.ids  # (N,), a read-only memory map when cached
         n_eval = int(round(len(ids) * self.p["eval_fraction"]))
         n_train = len(ids) - n_eval
-        if min(n_train, n_eval) < T + 1:
+        self.held_out = self.p["eval_fraction"] > 0  # False: no evaluation set at all
+        if n_train < T + 1 or (self.held_out and n_eval < T + 1):
             raise TaskError(
                 f"task 'text' parameter {self._culprit!r}: {self.source} has {len(ids)} characters, "
                 f"{n_train} for training and {n_eval} held out (eval_fraction {self.p['eval_fraction']:g}), "
@@ -136,6 +142,16 @@ class TextTask(Task):
                 self._culprit,
             )
         return (L - 1) // self.length
+
+    def resets_state(self, step: int, batch_size: int) -> bool:
+        """Whether step ``step`` starts from a zero state: it reads window 0 again after a wrap
+        and ``reset_state_at_end`` is set."""
+        return bool(self.p["reset_state_at_end"]) and step > 0 and step % self.windows_per_epoch(batch_size) == 0
+
+    def eval_batch(self, size: int) -> Batch:
+        if not self.held_out:
+            raise TaskError("task 'text' has no held-out text (eval_fraction is 0), so nothing to evaluate", "eval_fraction")
+        return super().eval_batch(size)
 
     def train_batch(self, step: int, batch_size: int) -> Batch:
         """Window ``step mod W`` of the B training streams (see the module docstring)."""
