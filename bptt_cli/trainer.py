@@ -104,6 +104,8 @@ class Trainer:
             )
         self.workspace = Workspace()
         self.engine = _Engine(cfg.model.cell)
+        if cfg.model.cell != "elman" and hasattr(self.task, "initial_params"):
+            raise InvalidInputError(f"the {cfg.task.name} task fixes an Elman model's weights; use model.cell: elman")
         self._eval_batch: Batch | None = None
         self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
         self._init_from: dict[str, np.ndarray] | None = None  # model.init_from's weights, checked
@@ -118,8 +120,6 @@ class Trainer:
         (checked when the trainer is built; ``from_file=False`` keeps the drawn ones, a
         template of the shapes for reading a checkpoint)."""
         m = self.cfg.model
-        if m.cell != "elman" and getattr(self.task, "initial_params", None) is not None:
-            raise InvalidInputError(f"the {self.cfg.task.name} task fixes an Elman model; use model.cell: elman")
         model = None if m.cell != "elman" else RNN.init(
             self.task.n_in,
             m.hidden,

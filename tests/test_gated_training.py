@@ -269,3 +269,10 @@ def test_a_large_lstm_resumes(tmp_path):
     run.mkdir()
     execute(cfg, run, stop=stop_after(1))
     assert execute(cfg, run, resume=True)["status"] == "completed"
+
+
+def test_a_task_with_fixed_elman_weights_refuses_a_gated_cell(invoke, tmp_path):
+    result = invoke("train", *sets("task.name=influence", "model.cell=gru"), "--runs-root", tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "fixes an Elman model's weights; use model.cell: elman" in one_line(stderr_of(result))
+    assert runs.find_runs(tmp_path) == []  # refused before a run directory exists
