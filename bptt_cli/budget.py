@@ -152,7 +152,11 @@ def estimate(cfg: Config, task: Task | None = None, shape: Shape | None = None) 
 
     targets = T * B * (O * s if sh.mse else 8)
     batch = (T * B * I + T * B + (T + 1) * B * H + 3 * T * B * O) * s + targets
-    C, W = parse(cfg.truncation.spec).chunk_and_window(T)
+    tr = parse(cfg.truncation.spec)
+    if tr.random or tr.adaptive is not None:  # windows drawn or adapted while training: the widest
+        C, W = (T, T) if tr.mode == "artbp" else (1, T)  # artbp: one cut chain; random_k, adaptive: a lag sweep
+    else:
+        C, W = tr.chunk_and_window(T)
     if cell != "elman":  # the gates, the state's c and tanh(c) or W_hn h, per step
         batch += (G + S) * T * B * H * s
         if W > C:  # the gated lag sweep's buffers span the sequence

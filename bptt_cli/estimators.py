@@ -7,11 +7,16 @@ batch (one for a deterministic mode: its estimate never changes) and is scored a
 g_full of the same batch. Gradients of all batches are concatenated into one vector, so a
 batch with a large gradient counts for more; every number is in float64.
 
-    relative bias        ||mean_i g_i - g_full|| / ||g_full||
-    95% interval         percentile bootstrap of the bias over the N samples (B = 200 resamples)
-    noise floor          sqrt(rel. variance / N): what an unbiased estimator's measured bias
-                         is on average (||mean - g_full||^2 has expectation bias^2 + var / N)
-    relative variance    sum_i ||g_i - mean||^2 / (N - 1) / ||g_full||^2
+    relative variance    v = sum_i ||g_i - mean||^2 / (N - 1) / ||g_full||^2
+    raw bias             r = ||mean_i g_i - g_full|| / ||g_full||, whose square has expectation
+                         bias^2 + v / N: noise alone gives an unbiased estimator r ~ sqrt(v / N)
+    relative bias        ||E[g] - g_full|| / ||g_full|| estimated as sqrt(max(0, r^2 - v / N))
+    95% interval         bootstrap of s = r^2 - v / N (an unbiased estimate of bias^2) over
+                         the N samples, B = 200 resamples: its 2.5% and 97.5% quantiles moved
+                         by the resamples' own bias (their mean minus s), square roots clipped
+                         at 0; a lower end of 0: the samples cannot tell the mode from an
+                         unbiased one
+    noise floor          sqrt(v / N), the raw bias an unbiased estimator shows on average
     cosine               mean over samples of cos(g_i, g_full): what one update sees
     ms / estimate        median wall time of one gradient (forward + backward) per batch
     matvecs / sequence   W_hh products per sequence: T in the forward pass plus the backward
@@ -20,8 +25,9 @@ batch with a large gradient counts for more; every number is in float64.
 Backward products: a window f .. e on a chain needs e - f products W_hh^T delta (the last
 adjoint, dL/dh_{f-1}, is dropped). Chunks with W == C share one chain (T - chunks products),
 overlapping windows (k_truncated, tbptt K2 > K1) each walk their own, so k_truncated:K needs
-sum_t min(t, K) ~ K T. A random mode is counted from its drawn windows when the engine
-exposes them (``Truncation.draw_starts``), else from its mean; the adaptive mode as the
+sum_t min(t, K) ~ K T. A random mode is counted from each estimate's own draw
+(``Truncation.draw`` on a generator in the engine's state): random_k the drawn window L_t of
+each supervised loss, artbp T - (cuts) on its one chain; the adaptive mode as the
 k_truncated:K it runs with (its lag-profile pass every few updates is not included).
 
 Randomness: sample i of batch b draws from ``default_rng([seed, b, i, 0xE57])``, so a table
@@ -49,7 +55,7 @@ TIMING_REPEATS = 3  # a deterministic mode is timed this many times (one estimat
 MAX_SAMPLES = 10_000
 MAX_BATCHES = 1_000
 CSV_COLUMNS = (
-    "mode", "kind", "estimates", "rel_bias", "rel_bias_low", "rel_bias_high", "noise_floor", "rel_variance",
+    "mode", "kind", "estimates", "rel_bias", "rel_bias_raw", "rel_bias_low", "rel_bias_high", "noise_floor", "rel_variance",
     "cosine", "ms_per_estimate", "matvecs_per_sequence", "k", "note",
 )  # fmt: skip
 
@@ -69,6 +75,7 @@ class Problem:
     loss: str
     source: str  # "initial weights" or "checkpoint of RUN at step N"
     project: Any = None  # the task's gradient projection (influence: theta only), as in training
+    engine: Any = loss_and_gradients  # the cell's loss_and_gradients (the trainer's: elman, gru, lstm)
 
 
 def kind_of(tr: Truncation) -> str:
@@ -103,7 +110,8 @@ def problem_from_trainer(trainer, state, *, batches: int, source: str) -> Proble
     params = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state.params.items()}
     h0 = None if state.h is None else np.asarray(state.h, dtype=np.float64)
     project = getattr(trainer.task, "project_gradient", None)
-    return Problem(params, out, h0, trainer.cfg.model.activation, trainer.task.loss, source, project)
+    engine = getattr(getattr(trainer, "engine", None), "loss_and_gradients", loss_and_gradients)
+    return Problem(params, out, h0, trainer.cfg.model.activation, trainer.task.loss, source, project, engine)
 
 
 def _flat(grads: dict, keys) -> np.ndarray:
@@ -125,17 +133,16 @@ def backward_matvecs(tr: Truncation, T: int, starts: np.ndarray | None = None) -
     return int(np.maximum(lasts - f, 0).sum())
 
 
-def _random_matvecs(tr: Truncation, T: int, rng: np.random.Generator) -> int | None:
-    draw = getattr(tr, "draw_starts", None)
-    if callable(draw):
-        return backward_matvecs(tr, T, draw(T, rng))
-    mean = getattr(tr, "k", None)
-    if mean is None:
-        return None
-    if tr.mode == "artbp":  # one chain cut at the drawn truncation points: at most T - 1
-        return T - 1
-    t = np.arange(T)
-    return int(np.minimum(t, mean).sum())  # random_k: about a window of its mean per loss
+def _random_matvecs(tr: Truncation, T: int, rng: np.random.Generator, supervised: np.ndarray) -> int:
+    """Backward products of one draw (the engine draws first thing from a generator in this state).
+
+    random_k keeps lags 0 .. L_t of each supervised loss on a chain of its own: sum L_t;
+    artbp runs one chain cut at the drawn points: T - (number of cuts).
+    """
+    d = tr.draw(T, rng)
+    if tr.mode == "random_k":
+        return int(d[supervised].sum())
+    return int(T - d.sum())
 
 
 def _gradient(problem: Problem, tr: Truncation, batch: int, ws: Workspace, rng=None) -> np.ndarray:
@@ -143,7 +150,7 @@ def _gradient(problem: Problem, tr: Truncation, batch: int, ws: Workspace, rng=N
     kw: dict[str, Any] = {"activation": problem.activation, "loss": problem.loss, "h0": problem.h0, "workspace": ws}
     if rng is not None:
         kw["rng"] = rng
-    _, grads, _ = loss_and_gradients(problem.params, x, targets, mask, tr, **kw)
+    _, grads, _ = problem.engine(problem.params, x, targets, mask, tr, **kw)
     if problem.project is not None:
         grads = problem.project(grads)
     return _flat(grads, problem.params)
@@ -188,7 +195,8 @@ def measure_mode(problem: Problem, spec: str | Truncation, g_full: list[np.ndarr
                 est[b, i] = _gradient(problem, run_tr, b, ws, rng)
                 times.append(time.perf_counter() - t0)
             if kind == "random":
-                m = _random_matvecs(tr, T, np.random.default_rng([seed, b, i, 0xE57]))
+                supervised = problem.batches[b][2].any(axis=1)  # (T,)
+                m = _random_matvecs(tr, T, np.random.default_rng([seed, b, i, 0xE57]), supervised)
             else:
                 m = backward_matvecs(run_tr, T)
             if m is not None:
@@ -196,14 +204,14 @@ def measure_mode(problem: Problem, spec: str | Truncation, g_full: list[np.ndarr
     G = np.stack(g_full)  # (batches, P)
     norm_full = float(np.sqrt((G * G).sum()))
     mean = est.mean(axis=1)  # (batches, P)
-    bias = _rel(mean - G, norm_full)
-    if n > 1:
-        dev = est - mean[:, None, :]
-        rel_var = float((dev * dev).sum() / (n - 1)) / norm_full**2 if norm_full > 0 else None
-        low, high = _bootstrap(est, G, norm_full, np.random.default_rng([seed, 0xB007]))
-        floor = math.sqrt(rel_var / n) if rel_var is not None else None
+    raw = _rel(mean - G, norm_full)
+    if n > 1 and norm_full > 0:
+        sq, rel_var = _bias_sq(est, G, norm_full)
+        bias = math.sqrt(max(0.0, sq))
+        low, high = _bootstrap(est, G, norm_full, sq, np.random.default_rng([seed, 0xB007]))
+        floor = math.sqrt(rel_var / n)
     else:
-        rel_var, low, high, floor = 0.0, bias, bias, 0.0
+        bias, rel_var, low, high, floor = raw, (0.0 if n == 1 else None), raw, raw, (0.0 if n == 1 else None)
     flat_full = G.ravel()
     cosines = [_cos(est[:, i].ravel(), flat_full) for i in range(n)]
     cosines = [c for c in cosines if c is not None]
@@ -221,6 +229,7 @@ def measure_mode(problem: Problem, spec: str | Truncation, g_full: list[np.ndarr
         "kind": kind,
         "estimates": n,
         "rel_bias": bias,
+        "rel_bias_raw": raw,
         "rel_bias_low": low,
         "rel_bias_high": high,
         "noise_floor": floor,
@@ -244,17 +253,26 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.clip((a @ b) / (na * nb), -1.0, 1.0))
 
 
-def _bootstrap(est: np.ndarray, G: np.ndarray, norm_full: float, rng: np.random.Generator) -> tuple:
-    """2.5% and 97.5% percentiles of the relative bias over resampled sample sets."""
-    if norm_full == 0:
-        return None, None
+def _bias_sq(est: np.ndarray, G: np.ndarray, norm_full: float) -> tuple[float, float]:
+    """(r^2 - v / N, v) of samples ``est`` (batches, N, P) against ``G`` (batches, P)."""
+    n = est.shape[1]
+    mean = est.mean(axis=1)
+    d = mean - G
+    dev = est - mean[:, None, :]
+    v = float((dev * dev).sum() / (n - 1)) / norm_full**2
+    return float((d * d).sum()) / norm_full**2 - v / n, v
+
+
+def _bootstrap(est: np.ndarray, G: np.ndarray, norm_full: float, sq: float, rng: np.random.Generator) -> tuple:
+    """The percentile-bootstrap 95% interval of the relative bias (see the module docstring)."""
     n = est.shape[1]
     vals = np.empty(BOOTSTRAP)
     for r in range(BOOTSTRAP):
         idx = rng.integers(0, n, size=n)
-        d = est[:, idx].mean(axis=1) - G
-        vals[r] = np.sqrt((d * d).sum()) / norm_full
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+        vals[r] = _bias_sq(est[:, idx], G, norm_full)[0] if len(set(idx.tolist())) > 1 else sq
+    shift = float(vals.mean()) - sq  # the resampling's own bias (about v / N): recentre on the estimate
+    lo, hi = np.percentile(vals, 2.5) - shift, np.percentile(vals, 97.5) - shift
+    return math.sqrt(max(0.0, float(lo))), math.sqrt(max(0.0, float(hi)))
 
 
 def measure(problem: Problem, modes: list[str], *, samples: int, seed: int) -> dict:
@@ -278,7 +296,7 @@ def measure(problem: Problem, modes: list[str], *, samples: int, seed: int) -> d
         "seed": seed,
         "T": int(x.shape[0]),
         "B": int(x.shape[1]),
-        "H": int(problem.params["W_hh"].shape[0]),
+        "H": int(problem.params["W_hh" if "W_hh" in problem.params else "weight_hh"].shape[1]),
         "activation": problem.activation,
         "loss": problem.loss,
         "norm_full": float(np.sqrt(sum(float(g @ g) for g in g_full))),

@@ -596,8 +596,9 @@ def estimators_table(result: dict) -> Table:
         f"{meta.get('batches')} batch(es), {meta.get('weights', '')}"
     )
     caption = Text(
-        "bias = ||E[g] - g_full|| / ||g_full|| [95% bootstrap interval]; floor = sqrt(var / N), the bias an "
-        "unbiased estimator shows from N draws; var = E||g - E g||^2 / ||g_full||^2; matvecs: W_hh products per sequence"
+        "bias = ||E[g] - g_full|| / ||g_full||, net of sampling noise [95% bootstrap interval]; floor = sqrt(var / N), "
+        "the ||mean - g_full|| / ||g_full|| noise alone gives from N draws; var = E||g - E g||^2 / ||g_full||^2; "
+        "matvecs: W_hh products per sequence"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("mode", no_wrap=True)

@@ -25,8 +25,8 @@ from bptt_cli.core import clipping, gated, optim
 from bptt_cli.core.bptt import Workspace, chunked_pass, loss_and_gradients
 from bptt_cli.core.errors import DivergedError, InvalidInputError
 from bptt_cli.core.losses import LOSSES
-from bptt_cli.core.model import RNN, check_params_like, forward
-from bptt_cli.core.truncation import parse
+from bptt_cli.core.model import RNN, forward
+from bptt_cli.core.truncation import Truncation, parse
 from bptt_cli.tasks import Batch, Task, make_task
 
 
@@ -50,6 +50,8 @@ class TrainState:
     elapsed: float = 0.0  # training seconds in earlier sessions of this run
     next_diagnostics: int = 0  # the update count at which the next diagnostic pass is due
     best: dict[str, float] = field(default_factory=dict)  # best eval metric values so far
+    k: int | None = None  # adaptive truncation: the K in force (None for every other mode)
+    next_adapt: int = 0  # adaptive truncation: the update count at which K is re-estimated
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {f"param/{k}": v for k, v in self.params.items()}
@@ -62,6 +64,9 @@ class TrainState:
             out[f"best/{k}"] = np.array(v, dtype=np.float64)
         if self.h is not None:
             out["h"] = self.h
+        if self.k is not None:
+            out["adapt/k"] = np.array(self.k, dtype=np.int64)
+            out["adapt/next"] = np.array(self.next_adapt, dtype=np.int64)
         return out
 
 
@@ -96,30 +101,19 @@ class Trainer:
         self.truncation = parse(cfg.truncation.spec)
         self.chunked = cfg.truncation.update == "chunk"
         self.target: Expectation | None = parse_expectation(cfg.train.target) if cfg.train.target else None
-        # A task may hold nothing out (text with eval_fraction 0): then no evaluation runs at all.
-        self.held_out: bool = getattr(self.task, "held_out", True)
-        if not self.held_out and self.target is not None and self.target.stream == "eval":
-            raise InvalidInputError(
-                f"train.target {self.target} needs a held-out set, but task.eval_fraction is 0; use a train.* metric"
-            )
         self.workspace = Workspace()
         self.engine = _Engine(cfg.model.cell)
-        if cfg.model.cell != "elman" and hasattr(self.task, "initial_params"):
-            raise InvalidInputError(f"the {cfg.task.name} task fixes an Elman model's weights; use model.cell: elman")
         self._eval_batch: Batch | None = None
         self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
-        self._init_from: dict[str, np.ndarray] | None = None  # model.init_from's weights, checked
-        if cfg.model.init_from is not None:  # refused here, before a run directory is written
-            self.initial_state()
+        self._beta: float | None = None  # adaptive: the decay rate of the last re-estimate, for its record
         if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
             self.task.initial_params(cfg.model.hidden, cfg.model.activation, self.dtype)
 
     # -- state ------------------------------------------------------------------------
-    def initial_state(self, *, from_file: bool = True) -> TrainState:
-        """The state before the first update: drawn weights, or ``model.init_from``'s
-        (checked when the trainer is built; ``from_file=False`` keeps the drawn ones, a
-        template of the shapes for reading a checkpoint)."""
+    def initial_state(self) -> TrainState:
         m = self.cfg.model
+        if m.cell != "elman" and getattr(self.task, "initial_params", None) is not None:
+            raise InvalidInputError(f"the {self.cfg.task.name} task fixes an Elman model; use model.cell: elman")
         model = None if m.cell != "elman" else RNN.init(
             self.task.n_in,
             m.hidden,
@@ -129,7 +123,6 @@ class Trainer:
             spectral_radius=m.spectral_radius,
             seed=self.cfg.seed,
             dtype=self.dtype,
-            init_params=m.init_params.to_core(),
         )
         if model is not None:
             params = model.params
@@ -141,10 +134,6 @@ class Trainer:
         task_init = getattr(self.task, "initial_params", None)
         if task_init is not None:  # a task whose model is fixed (influence): its own weights
             params = task_init(m.hidden, m.activation, self.dtype)
-        if m.init_from is not None and from_file:
-            if self._init_from is None:
-                self._init_from = load_init_from(m.init_from, m.init_from_sha256, params)
-            params = {k: v.copy() for k, v in self._init_from.items()}
         return TrainState(optim.flatten(params), self._optimizer())
 
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> TrainState:
@@ -183,7 +172,6 @@ class Trainer:
         """
         cfg = self.cfg.train
         act, loss_kind = self.cfg.model.activation, self.task.loss
-        summed = cfg.loss_reduction == "sum"
         started = time.perf_counter() - state.elapsed
 
         def clock() -> float:
@@ -191,7 +179,7 @@ class Trainer:
 
         for step in range(state.step, cfg.steps):
             batch = self.task.train_batch(step, cfg.batch_size)
-            h0 = state.h if self.task.stateful and not self._resets(step) else None
+            h0 = state.h if self.task.stateful else None
             diagnose = bool(cfg.diagnostics_every) and state.update >= state.next_diagnostics
             diag: dict | None = None
             if diagnose:
@@ -202,28 +190,36 @@ class Trainer:
                         yield Event("diagnostics", diag)
             records: list[dict] = []
             scored: list[tuple[float, float]] = []  # (loss, supervised entries) of each update
+            # random_k / artbp draw from the run's seed and the step alone, so a resume is exact
+            extra = {"rng": self._rng(step)} if self.truncation.random else {}
             C = self.truncation.chunk_length(batch.x.shape[0]) if self.chunked else batch.x.shape[0]
 
             def apply(chunk: int, loss: float, grads: dict) -> None:
-                n = float(batch.mask[chunk * C : (chunk + 1) * C].sum())
-                scale = n if summed else None  # loss_reduction sum: the mean's loss and gradient times n
-                scored.append((loss * n if summed else loss, n))
-                records.append(
-                    self.apply_update(state, grads, loss=scored[-1][0], step=step + 1, chunk=chunk, clock=clock, scale=scale)
-                )
+                if self.truncation.mode == "artbp" and self.chunked:  # its chunks are drawn per pass
+                    firsts, lasts = self.workspace.chunks()
+                    n = float(batch.mask[firsts[chunk] : lasts[chunk]].sum())
+                else:
+                    n = float(batch.mask[chunk * C : (chunk + 1) * C].sum())
+                scored.append((loss, n))
+                records.append(self.apply_update(state, grads, loss=loss, step=step + 1, chunk=chunk, clock=clock))
+                if state.k is not None:  # adaptive: the K this update's gradient was taken with
+                    records[-1]["k"] = state.k
+                    if self._beta is not None:
+                        records[-1]["beta"], self._beta = self._beta, None
 
             try:
                 with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                     # The engine reports non-finite values as DivergedError; numpy's warnings would only be noise.
+                    tr = self._adapt(state, batch, h0) if self.truncation.adaptive is not None else self.truncation
                     if self.chunked:
                         h_last = self.engine.chunked_pass(
-                            state.params, batch.x, batch.targets, batch.mask, self.truncation, apply,
-                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
+                            state.params, batch.x, batch.targets, batch.mask, tr, apply,
+                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace, **extra,
                         )  # fmt: skip
                     else:
                         loss, grads, h_last = self.engine.loss_and_gradients(
-                            state.params, batch.x, batch.targets, batch.mask, self.truncation,
-                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace,
+                            state.params, batch.x, batch.targets, batch.mask, tr,
+                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace, **extra,
                         )  # fmt: skip
                         if diagnose:  # from this step's forward pass and gradient, before its update
                             diag = self._diagnostics(state, batch, h0, step + 1, grads=grads)
@@ -242,13 +238,12 @@ class Trainer:
             if self.task.stateful:
                 state.h = h_last
             # The step's loss is that of the whole batch: its updates' losses weighted by their
-            # supervised entries (several chunk updates per step under update_every: chunk),
-            # or their sum under loss_reduction: sum.
-            step_loss = sum(l for l, _ in scored) if summed else sum(l * n for l, n in scored) / sum(n for _, n in scored)
+            # supervised entries (several chunk updates per step under update_every: chunk).
+            step_loss = sum(l * n for l, n in scored) / sum(n for _, n in scored)
             train_now = {**records[-1], "loss": step_loss}
             last = state.step == cfg.steps
             met = False
-            if self.held_out and ((cfg.eval_every and state.step % cfg.eval_every == 0) or last):
+            if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
                 metrics = self.evaluate(state.params)
                 self._track_best(state, metrics)
                 yield Event("eval", {"step": state.step, "update": state.update, **metrics, "time": clock()})
@@ -263,15 +258,11 @@ class Trainer:
             if met:
                 return
 
-    def apply_update(
-        self, state: TrainState, grads: dict, *, loss: float, step: int, chunk: int, clock, scale: float | None = None
-    ) -> dict:
+    def apply_update(self, state: TrainState, grads: dict, *, loss: float, step: int, chunk: int, clock) -> dict:
         """Clip ``grads``, update ``state``'s parameters with them and count the update; its record.
 
         The gradient is copied into one flat buffer kept by the trainer, and clipped and applied
         there in place (``optim.py``): the hot path allocates no per-parameter temporaries.
-        ``scale`` multiplies the gradient first (``train.loss_reduction: sum``: the number of
-        supervised entries, turning the engine's mean into the sum before clipping).
         """
         flat = self._flat_grads
         if flat is None:  # the layout is the config's, the same for every state of this trainer
@@ -280,9 +271,6 @@ class Trainer:
         if project is not None:  # a task that trains some directions only (influence: theta)
             grads = project(grads)
         flat.assign(grads)
-        if scale is not None:
-            for buf, _ in flat.groups:
-                buf *= buf.dtype.type(scale)
         rec = clipping.clip_in_place(flat, self.cfg.clip.mode, self.cfg.clip.threshold)
         state.optimizer.step(state.params, flat.arrays)
         state.update += 1
@@ -299,11 +287,6 @@ class Trainer:
             "time": clock(),
         }
 
-    def _resets(self, step: int) -> bool:
-        """Whether the task zeroes the carried state before step ``step`` (text's reset_state_at_end)."""
-        resets = getattr(self.task, "resets_state", None)
-        return resets is not None and resets(step, self.cfg.train.batch_size)
-
     def _track_best(self, state: TrainState, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
             lower_better = k in ("loss", "bpc", "error_rate")
@@ -319,6 +302,26 @@ class Trainer:
         source = eval_metrics if scope == "eval" else train_metrics
         value = source.get(key)
         return isinstance(value, (int, float)) and t.check(float(value))
+
+    def _rng(self, step: int) -> np.random.Generator:
+        """The random modes' generator for training batch ``step`` (0-based): seed and step only."""
+        return np.random.default_rng([self.cfg.seed, step, 0x7B77])
+
+    def _adapt(self, state: TrainState, batch: Batch, h0) -> Truncation:
+        """``adaptive``: the k_truncated:K in force, K re-estimated from this batch's lag profile
+        at these weights every ``truncation.adapt_every`` updates (and at the first)."""
+        if state.k is None or state.update >= state.next_adapt:
+            from bptt_cli.core import adaptive
+
+            delta, kmin, kmax = self.truncation.adaptive
+            K, beta = adaptive.adapt(
+                state.params, batch.x, batch.targets, batch.mask, activation=self.cfg.model.activation,
+                loss=self.task.loss, delta=delta, kmin=kmin, kmax=kmax, h0=h0,
+            )  # fmt: skip
+            every = self.cfg.truncation.adapt_every
+            state.k, state.next_adapt = int(K), (state.update // every + 1) * every
+            self._beta = None if beta is None else float(beta)
+        return self.truncation.with_k(state.k)
 
     def _diagnostics(self, state: TrainState, batch: Batch, h0, step: int, grads: dict | None = None) -> dict | None:
         """Gradient flow by lag, truncation bias and spectrum on this batch and these weights.
@@ -340,8 +343,10 @@ class Trainer:
         kw = {"activation": act, "loss": loss_kind, "h0": h0}
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                if grads is None:
-                    _, grads, _ = self.engine.loss_and_gradients(*args, self.truncation, **kw, workspace=self.workspace)
+                tr = self.truncation if state.k is None else self.truncation.with_k(state.k)
+                if grads is None:  # a random mode draws from a generator of its own: the run's is untouched
+                    extra = {"rng": self._rng(step - 1)} if tr.random else {}
+                    _, grads, _ = self.engine.loss_and_gradients(*args, tr, **kw, workspace=self.workspace, **extra)
                 hs = self.workspace.states()  # (T+1, B, H); the LSTM's (T+1, 2, B, H)
                 flow = diag.gradient_flow(
                     *args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs, workspace=self.workspace, cell=cell
@@ -351,7 +356,12 @@ class Trainer:
                 if gates is not None:  # next to the tanh saturation: the forget (update) gates'
                     spec.update(gate=gates["gate"], gate_high=gates["high"], gate_low=gates["low"])
                 # Last: the full gradient it may compute overwrites the workspace's states.
-                bias = diag.bias_for_mode(*args, self.truncation, **kw, grads=grads, workspace=self.workspace, cell=cell)
+                if tr.random:  # no fixed window to reduce to full: always against a full gradient
+                    _, g_full, _ = self.engine.loss_and_gradients(*args, "full", **kw, workspace=self.workspace)
+                    bias = diag.truncation_bias({k: grads[k] for k in g_full}, g_full)
+                    bias["mode"] = str(tr)
+                else:
+                    bias = diag.bias_for_mode(*args, tr, **kw, grads=grads, workspace=self.workspace, cell=cell)
         except DivergedError:
             return None
         return {"step": step, "update": state.update, "flow": flow, "bias": bias, "spectrum": spec}
@@ -403,7 +413,7 @@ class _StateReader:
     def state(self) -> TrainState:
         tr, arrays = self.trainer, self.arrays
         steps = tr.cfg.train.steps
-        fresh = tr.initial_state(from_file=False)  # shapes and a blank optimizer; a resume reads no init_from
+        fresh = tr.initial_state()
         params = {k: self.array(f"param/{k}", v, f"parameter {k}") for k, v in fresh.params.items()}
         step = self.counter("step", "training batches completed")
         if step > steps:
@@ -446,6 +456,10 @@ class _StateReader:
                 f"{CHECKPOINT} is missing 'h' (the hidden state the {tr.cfg.task.name} task carries across batches)"
             )
 
+        k, next_adapt = None, 0
+        if tr.truncation.adaptive is not None and ("adapt/k" in arrays or step > 0):
+            k = self.counter("adapt/k", "the adaptive K in force")
+            next_adapt = self.counter("adapt/next", "the update of the next re-estimate of K")
         best = {}
         for name in arrays:
             if name.startswith("best/") and len(name) > len("best/"):
@@ -462,28 +476,9 @@ class _StateReader:
             elapsed=elapsed,
             next_diagnostics=next_diagnostics,
             best=best,
+            k=k,
+            next_adapt=next_adapt,
         )
-
-
-def load_init_from(path: str, sha256: str | None, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``model.init_from``'s weights: an .npz of the parameter names, or a run directory's
-    checkpoint (its ``param/*`` members), read without pickles and checked against ``like``
-    (names, shapes, dtype) and against the sha256 recorded in the config."""
-    from bptt_cli import safeio
-    from bptt_cli.config.schema import _file_sha256, init_file
-
-    file = init_file(Path(path))
-    where = f"model.init_from: {file}"
-    got = _file_sha256(file)
-    if sha256 is not None and got != sha256:
-        raise InvalidInputError(f"{where} changed since the config recorded it ({sha256}, now {got}); restore it or drop init_from_sha256")
-    try:
-        arrays = safeio.load_npz(file, cap=64 * sum(v.nbytes for v in like.values()) + (1 << 20))
-    except safeio.UnsafeFile as e:
-        raise InvalidInputError(f"{where}: {str(e).removeprefix(str(file)).lstrip(': ')}") from None
-    if any(k.startswith("param/") for k in arrays):  # a run's checkpoint: its parameters only
-        arrays = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
-    return check_params_like(arrays, like, where)
 
 
 def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
@@ -510,6 +505,5 @@ def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
     model = RNN.init(
         task.n_in, m.hidden, task.n_out,
         activation=m.activation, init=m.init, spectral_radius=m.spectral_radius, seed=cfg.seed, dtype=np.float64,
-        init_params=m.init_params.to_core(),
     )  # fmt: skip
     return model.params, x, targets, mask, m.activation, task.loss

@@ -35,7 +35,8 @@ def _engine_has(mode: str) -> bool:
     return True
 
 
-RANDOM = [m for m in ("random_k:3", "artbp:3") if _engine_has(m)]
+RANDOM_ALL = ["random_k:3", "artbp:3"]
+RANDOM = [m for m in RANDOM_ALL if _engine_has(m)]
 ADAPTIVE = [m for m in ("adaptive:0.1",) if _engine_has(m)]
 needs_random = pytest.mark.skipif(not RANDOM, reason="the engine has no random modes yet")
 needs_adaptive = pytest.mark.skipif(not ADAPTIVE, reason="the engine has no adaptive mode yet")
@@ -229,3 +230,148 @@ def test_influence_refuses_a_model_that_does_not_fit(invoke):
     res = invoke("train", *sets("task.name=influence", "model.hidden=8", "model.activation=identity"), "--run-dir", "/tmp/never-made-x")
     assert_user_error(res, "model.hidden = units = 10")
     assert not Path("/tmp/never-made-x").exists()
+
+
+def test_random_modes_scatter_and_are_not_told_from_unbiased():
+    cfg = load_config(None, list(SMALL))
+    problem = est.load_problem(cfg, from_run=None, batches=1)
+    rows = {r["mode"]: r for r in est.measure(problem, ["k_truncated:1", *RANDOM_ALL], samples=40, seed=0)["rows"]}
+    for mode in RANDOM_ALL:
+        r = rows[mode]
+        assert r["kind"] == "random" and r["estimates"] == 40
+        assert r["rel_variance"] > 0 and r["noise_floor"] == pytest.approx((r["rel_variance"] / 40) ** 0.5)
+        assert r["rel_bias_low"] == 0.0  # cannot be told from an unbiased estimator ...
+        assert r["rel_bias_high"] < rows["k_truncated:1"]["rel_bias"]  # ... while k_truncated:1's bias is far out
+        assert r["rel_bias_raw"] >= r["rel_bias"]
+        assert r["matvecs_per_sequence"] > 12  # the forward pass's T plus the drawn backward products
+    again = {r["mode"]: r for r in est.measure(problem, RANDOM_ALL, samples=40, seed=0)["rows"]}
+    assert all(again[m]["rel_bias_raw"] == rows[m]["rel_bias_raw"] for m in RANDOM_ALL)  # seeded draws
+
+
+def test_random_matvecs_follow_the_engines_draw():
+    tr = parse("random_k:2")
+    L = tr.draw(10, np.random.default_rng(5))
+    supervised = np.ones(10, dtype=bool)
+    assert est._random_matvecs(tr, 10, np.random.default_rng(5), supervised) == int(L.sum())
+    art = parse("artbp:3")
+    cuts = art.draw(10, np.random.default_rng(5))
+    assert est._random_matvecs(art, 10, np.random.default_rng(5), supervised) == 10 - int(cuts.sum())
+
+
+# -- the trainer with the new modes -------------------------------------------------------------
+def _run(cfg, state=None, stop_after: int | None = None):
+    """(update records without time, eval records, trainer, state); stops after step ``stop_after``."""
+    tr = Trainer(cfg)
+    state = state if state is not None else tr.initial_state()
+    updates, evals = [], []
+    for ev in tr.run(state):
+        if ev.kind == "update":
+            updates.append({k: v for k, v in ev.data.items() if k != "time"})
+        elif ev.kind == "eval":
+            evals.append({k: v for k, v in ev.data.items() if k != "time"})
+        elif ev.kind == "step" and ev.data["step"] == stop_after:
+            break
+    return updates, evals, tr, state
+
+
+def _cfg(mode: str, *extra: str):
+    return load_config(None, [*SMALL, f"truncation.mode={mode}", "train.steps=6", "train.eval_every=3", *extra])
+
+
+MODES_AND_UPDATES = [(m, u) for m in RANDOM_ALL for u in ("sequence", "chunk") if not (m.startswith("random_k") and u == "chunk")]
+
+
+@pytest.mark.parametrize("mode, update", MODES_AND_UPDATES)
+def test_trainer_runs_each_random_mode_and_resumes_exactly(mode, update):
+    cfg = _cfg(mode, f"truncation.update_every={update}", "train.diagnostics_every=2")
+    whole, whole_evals, _, end = _run(cfg)
+    assert len(whole) >= 6 and all(np.isfinite(r["loss"]) for r in whole)
+    if update == "chunk":  # artbp's chunks are drawn: their number varies from step to step
+        assert len({sum(1 for r in whole if r["step"] == s) for s in range(1, 7)}) > 1
+    first, _, tr, state = _run(cfg, stop_after=3)
+    arrays = state.to_arrays()
+    rest, rest_evals, _, resumed = _run(cfg, state=Trainer(cfg).state_from_arrays(arrays))
+    assert first + rest == whole and rest_evals == whole_evals[-len(rest_evals):]
+    for k in end.params:
+        np.testing.assert_array_equal(resumed.params[k], end.params[k])
+
+
+def test_random_runs_differ_by_seed_only():
+    a, _, _, _ = _run(_cfg("random_k:3"))
+    b, _, _, _ = _run(_cfg("random_k:3"))
+    c, _, _, _ = _run(_cfg("random_k:3", "seed=1"))
+    assert a == b and a != c
+
+
+def test_diagnostics_of_a_random_mode_carry_rel_error_next_to_cosine():
+    tr = Trainer(_cfg("random_k:3", "train.diagnostics_every=1"))
+    diags = [ev.data for ev in tr.run(tr.initial_state()) if ev.kind == "diagnostics"]
+    assert diags and all(0 < d["bias"]["rel_error"] and d["bias"]["cosine"] is not None for d in diags)
+    assert diags[0]["bias"]["mode"] == "random_k:3"
+
+
+class _FakeAdaptive:
+    """Stands in for core/adaptive.py: K from the weights, so it moves as training does."""
+
+    calls = 0
+
+    @classmethod
+    def adapt(cls, params, x, targets, mask, *, activation, loss, delta, kmin, kmax, h0=None):
+        cls.calls += 1
+        K = 1 + int(abs(float(params["W_hh"].sum())) * 1e4) % 4
+        return K, 0.5
+
+
+def test_adaptive_logs_k_every_update_reestimates_every_adapt_every_and_resumes(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bptt_cli.core.adaptive", _FakeAdaptive)
+    import bptt_cli.core as core_pkg
+
+    monkeypatch.setattr(core_pkg, "adaptive", _FakeAdaptive, raising=False)
+    cfg = _cfg("adaptive:0.1", "truncation.adapt_every=2")
+    _FakeAdaptive.calls = 0
+    whole, _, _, end = _run(cfg)
+    assert _FakeAdaptive.calls == 3  # updates 0, 2, 4 of 6
+    assert all(isinstance(r["k"], int) and 1 <= r["k"] <= 4 for r in whole)
+    assert [("beta" in r) for r in whole] == [True, False, True, False, True, False]
+    first, _, _, state = _run(cfg, stop_after=3)  # mid-interval: K and the next re-estimate come from the checkpoint
+    arrays = state.to_arrays()
+    assert int(arrays["adapt/k"]) == first[-1]["k"] and int(arrays["adapt/next"]) == 4
+    rest, _, _, resumed = _run(cfg, state=Trainer(cfg).state_from_arrays(arrays))
+    assert first + rest == whole
+    for k in end.params:
+        np.testing.assert_array_equal(resumed.params[k], end.params[k])
+
+
+def test_adaptive_checkpoint_without_its_k_is_refused(monkeypatch):
+    cfg = _cfg("adaptive:0.1")
+    arrays = Trainer(_cfg("full")).initial_state().to_arrays()
+    arrays["step"] = np.array(2, dtype=np.int64)
+    with pytest.raises(Exception, match="adapt/k"):
+        Trainer(cfg).state_from_arrays(arrays)
+
+
+@needs_adaptive
+def test_adaptive_with_the_engine_trains_and_logs_k():
+    whole, _, _, _ = _run(_cfg("adaptive:0.1"))
+    assert all(isinstance(r["k"], int) and r["k"] >= 1 for r in whole)
+
+
+def test_config_takes_the_new_modes_and_adapt_every():
+    cfg = load_config(None, ["truncation.mode=random_k:5.0"])
+    assert cfg.truncation.spec == "random_k:5" and cfg.truncation.update == "sequence"
+    assert load_config(None, ["truncation.mode=artbp:4"]).truncation.update == "chunk"
+    cfg = load_config(None, ["truncation.mode=adaptive:0.1:2:30", "truncation.adapt_every=5"])
+    assert cfg.truncation.spec == "adaptive:0.1:2:30" and cfg.truncation.adapt_every == 5
+    from bptt_cli.config import dump_yaml
+
+    assert "adapt_every" not in dump_yaml(load_config(None, []))  # configs without adaptive read as before
+    for bad, fragment in (
+        (["truncation.mode=random_k"], "random_k:MEAN"),
+        (["truncation.mode=random_k:3", "truncation.update_every=chunk"], "'chunk' needs a mode with chunks"),
+        (["truncation.mode=artbp:1"], "MEAN > 1"),
+        (["truncation.mode=adaptive:0.1", "truncation.adapt_every=0"], "adapt_every"),
+    ):
+        with pytest.raises(Exception, match=fragment):
+            load_config(None, bad)

@@ -9,13 +9,10 @@ errors live in the sibling modules; this one only says what a valid config is.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
@@ -118,76 +115,6 @@ class TaskConfig(_Section):
         return {"name": self.name, **handler(self)["params"]}
 
 
-class MatrixInit(_Section):
-    """How one weight matrix starts (``model.init_params.W_xh`` and so on)."""
-
-    dist: Literal["default", "gaussian", "uniform", "orthogonal", "identity"] = Field(
-        "default", description="default (init/spectral_radius for W_hh, N(0, 1/fan-in) otherwise), gaussian, uniform, orthogonal, identity"
-    )
-    std: Annotated[Float, Field(gt=0)] | None = Field(None, description="gaussian: the standard deviation")
-    scale: Annotated[Float, Field(gt=0)] | None = Field(None, description="uniform: entries drawn from [-scale, scale]")
-    gain: Annotated[Float, Field(gt=0)] | None = Field(None, description="orthogonal, identity: the factor (default 1)")
-
-    @model_validator(mode="after")
-    def _keys(self) -> MatrixInit:
-        takes = {"default": (), "gaussian": ("std",), "uniform": ("scale",), "orthogonal": ("gain",), "identity": ("gain",)}
-        for key in ("std", "scale", "gain"):
-            value = getattr(self, key)
-            if key in takes[self.dist] and key != "gain" and value is None:
-                raise ConfigError(f"dist {self.dist} needs {key} (a number > 0)", key)
-            if key not in takes[self.dist] and value is not None:
-                allowed = ", ".join(takes[self.dist]) or "nothing else"
-                raise ConfigError(f"{key} is not used by dist {self.dist} (it takes {allowed})", key)
-        return self
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-
-class InitParams(_Section):
-    """Per-parameter initialisation of the Elman cell; every entry at its default draws what
-    ``init`` and ``spectral_radius`` draw, bit for bit."""
-
-    W_xh: MatrixInit = Field(default_factory=MatrixInit, description="input weights (H, I)")
-    W_hh: MatrixInit = Field(
-        default_factory=MatrixInit, description="recurrent weights (H, H); other than default, overrides init and spectral_radius"
-    )
-    W_hy: MatrixInit = Field(default_factory=MatrixInit, description="output weights (O, H)")
-    b_h: Float = Field(0.0, description="hidden bias, a constant")
-    b_y: Float = Field(0.0, description="output bias, a constant")
-
-    def to_core(self) -> dict[str, Any] | None:
-        """The ``init_params`` argument of ``core.model.RNN.init`` (None: all defaults)."""
-        return None if self == InitParams() else self.model_dump(mode="python")
-
-
-def init_file(path: Path) -> Path:
-    """The file ``model.init_from`` names: the path itself, or a run directory's checkpoint.npz."""
-    file = path / "checkpoint.npz" if path.is_dir() else path
-    if not file.is_file():
-        what = "a run directory without checkpoint.npz" if path.is_dir() else "no such file"
-        raise ConfigError(
-            f"{str(path)!r}: {what}; expected an .npz of W_xh, W_hh, b_h, W_hy, b_y or a run directory", "init_from"
-        )
-    return file
-
-
-def _file_sha256(file: Path) -> str:
-    from bptt_cli import safeio
-
-    digest = hashlib.sha256()
-    try:
-        with safeio.open_regular(file) as f:
-            if os.fstat(f.fileno()).st_size > safeio.NPZ_CAP:
-                raise ConfigError(f"{str(file)!r} is larger than any set of weights bptt reads ({safeio.NPZ_CAP:,} bytes)", "init_from")
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except (OSError, safeio.UnsafeFile) as e:
-        raise ConfigError(f"{str(file)!r} cannot be read ({e})", "init_from") from None
-    return f"sha256:{digest.hexdigest()}"
-
-
 GATED = ("gru", "lstm")
 MAX_FORGET_BIAS = 100.0  # sigmoid(100) is 1 in float64: a larger bias changes nothing
 
@@ -220,33 +147,6 @@ class ModelConfig(_Section):
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of every array")
 
-    init_params: InitParams = Field(
-        default_factory=InitParams,
-        description="elman, per parameter: W_xh, W_hh, W_hy {dist, std | scale | gain}; b_h, b_y a constant (docs/classics.md)",
-    )
-    init_from: Str | None = Field(
-        None, description="start from these weights: an .npz of W_xh, W_hh, b_h, W_hy, b_y, or a run directory (its checkpoint)"
-    )
-    init_from_sha256: Str | None = Field(
-        None, description="sha256 of init_from's file, recorded when the config is read; another file is refused"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _init_file(cls, data: Any) -> Any:
-        # A user's config names a file; the recorded config (config.yaml) holds its absolute
-        # path and hash too, so a resume reads no file and a changed file is refused at loading.
-        if not isinstance(data, Mapping):
-            return data
-        if data.get("init_from") is None:
-            if data.get("init_from_sha256") is not None:
-                raise ConfigError("init_from_sha256 is only recorded with init_from; remove it", "init_from_sha256")
-            return data
-        if not isinstance(data["init_from"], str) or data.get("init_from_sha256") is not None:
-            return data
-        path = Path(data["init_from"])
-        return {**data, "init_from": str(path.resolve()), "init_from_sha256": _file_sha256(init_file(path))}
-
     @model_validator(mode="before")
     @classmethod
     def _gated_init(cls, data: Any) -> Any:
@@ -278,8 +178,6 @@ class ModelConfig(_Section):
                     "remove model.spectral_radius or use cell: elman",
                     "spectral_radius",
                 )
-        if cell != "elman" and self.init_params != InitParams():
-            raise ConfigError(f"init_params sets the elman cell's parameters; cell {cell} takes init only", "init_params")
         if cell != "lstm" and self.forget_bias != 1.0:
             raise ConfigError(
                 f"{self.forget_bias!r} is the lstm's forget-gate bias; cell {cell} has no forget gate: "
@@ -295,18 +193,15 @@ class ModelConfig(_Section):
             del out["cell"]
         if self.cell != "lstm":
             del out["forget_bias"]
-        if self.init_params == InitParams():  # classics keys: out of the data when unused, as above
-            del out["init_params"]
-        for key in ("init_from", "init_from_sha256"):
-            if out[key] is None:
-                del out[key]
         return out
 
 
 _TRUNCATION_RULES = (
     "valid settings: mode full; mode k_truncated with k >= 0; mode subsequence with k >= 1; "
-    "mode tbptt with k2 >= k1 >= 1 (or a spec in mode: full, k_truncated:K, subsequence:K, tbptt:K1:K2)"
+    "mode tbptt with k2 >= k1 >= 1 (or a spec in mode: full, k_truncated:K, subsequence:K, tbptt:K1:K2); "
+    "the spec modes adaptive:DELTA[:KMIN:KMAX], random_k:MEAN, artbp:MEAN"
 )
+_SPEC_MODES = ("adaptive", "random_k", "artbp")  # their arguments stay in the spec: mode random_k:5
 _WINDOW_KEYS = {"full": (), "k_truncated": ("k",), "subsequence": ("k",), "tbptt": ("k1", "k2")}
 _WINDOW_RULE = {
     ("k_truncated", "k"): ("k >= 0", 0),
@@ -322,13 +217,18 @@ class TruncationConfig(_Section):
     and k / k1, k2; the section itself may be written as a spec: ``truncation: tbptt:5:20``.
     """
 
-    mode: Str = Field("full", description="full, k_truncated, subsequence or tbptt (or a spec such as k_truncated:5)")
+    mode: Str = Field(
+        "full",
+        description="full, k_truncated, subsequence or tbptt (or a spec such as k_truncated:5); "
+        "adaptive:DELTA[:KMIN:KMAX], random_k:MEAN and artbp:MEAN stay whole specs",
+    )
     k: Int | None = Field(None, description="window K of k_truncated (>= 0) and subsequence (>= 1)")
     k1: Int | None = Field(None, description="tbptt: steps between updates K1 (>= 1)")
     k2: Int | None = Field(None, description="tbptt: steps back each gradient reaches K2 (>= k1)")
     update_every: Literal["auto", "sequence", "chunk"] = Field(
-        "auto", description="sequence: one update per batch; chunk: one per chunk (subsequence/tbptt); auto picks"
+        "auto", description="sequence: one update per batch; chunk: one per chunk (subsequence/tbptt/artbp); auto picks"
     )
+    adapt_every: Count = Field(10, description="adaptive: re-estimate K from the lag profile every N updates (other modes ignore it)")
 
     @model_validator(mode="before")
     @classmethod
@@ -343,6 +243,9 @@ class TruncationConfig(_Section):
             tr = _truncation.parse(spec)
         except ValueError as e:
             raise ConfigError(str(e), "mode") from None
+        if tr.mode in _SPEC_MODES:
+            data["mode"] = str(tr)  # canonical: random_k:5.0 -> random_k:5
+            return data
         data["mode"] = tr.mode
         values = {"k_truncated": {"k": tr.k}, "subsequence": {"k": tr.k}, "tbptt": {"k1": tr.k, "k2": tr.k2}}
         for key, value in values.get(tr.mode, {}).items():
@@ -356,6 +259,8 @@ class TruncationConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TruncationConfig:
+        if self.mode.split(":", 1)[0] in _SPEC_MODES:
+            return self._check_spec_mode()
         if self.mode not in _WINDOW_KEYS:
             raise ConfigError(
                 f"unknown mode {self.mode!r}{_hint(self.mode, list(_WINDOW_KEYS))}; {_TRUNCATION_RULES}", "mode"
@@ -383,7 +288,32 @@ class TruncationConfig(_Section):
             raise ConfigError(f"{e}; {_TRUNCATION_RULES}") from None
         if self.update_every == "chunk" and tr.default_update != "chunk":
             raise ConfigError(
-                f"'chunk' needs a mode with chunks (subsequence or tbptt); mode {self.mode} has none, "
+                f"'chunk' needs a mode with chunks (subsequence or tbptt) or artbp; mode {self.mode} has none, "
+                f"so use 'auto' or 'sequence'",
+                "update_every",
+            )
+        return self
+
+    def _check_spec_mode(self) -> TruncationConfig:
+        """adaptive, random_k, artbp: the spec carries every argument, k / k1 / k2 are not used."""
+        name = self.mode.split(":", 1)[0]
+        if ":" not in self.mode:
+            form = {"adaptive": "adaptive:DELTA or adaptive:DELTA:KMIN:KMAX", "random_k": "random_k:MEAN", "artbp": "artbp:MEAN"}
+            raise ConfigError(f"mode {name} takes its arguments in the spec: {form[name]}; {_TRUNCATION_RULES}", "mode")
+        for key in ("k", "k1", "k2"):
+            if getattr(self, key) is not None:
+                raise ConfigError(
+                    f"{key} = {getattr(self, key)} is not used by mode {name} (its arguments are in the spec "
+                    f"{self.mode}); remove it; {_TRUNCATION_RULES}",
+                    key,
+                )
+        try:
+            tr = _truncation.parse(self.mode)
+        except ValueError as e:
+            raise ConfigError(str(e), "mode") from None
+        if self.update_every == "chunk" and tr.default_update != "chunk":
+            raise ConfigError(
+                f"'chunk' needs a mode with chunks (subsequence or tbptt) or artbp; mode {name} has none, "
                 f"so use 'auto' or 'sequence'",
                 "update_every",
             )
@@ -392,7 +322,9 @@ class TruncationConfig(_Section):
     @property
     def spec(self) -> str:
         """The canonical spec string, e.g. ``k_truncated:5``."""
-        if self.mode == "tbptt":
+        if self.mode.split(":", 1)[0] in _SPEC_MODES:
+            raw = self.mode
+        elif self.mode == "tbptt":
             raw = f"tbptt:{self.k1}:{self.k2}"
         elif self.mode in ("k_truncated", "subsequence"):
             raw = f"{self.mode}:{self.k}"
@@ -414,7 +346,10 @@ class TruncationConfig(_Section):
     @model_serializer(mode="wrap")
     def _compact(self, handler) -> dict[str, Any]:
         out = handler(self)
-        return {k: v for k, v in out.items() if not (k in ("k", "k1", "k2") and v is None)}
+        out = {k: v for k, v in out.items() if not (k in ("k", "k1", "k2") and v is None)}
+        if out.get("adapt_every") == 10 and not self.mode.startswith("adaptive"):
+            del out["adapt_every"]  # the default, unused: configs without adaptive read as before
+        return out
 
 
 class ClipConfig(_Section):
@@ -444,9 +379,9 @@ class ClipConfig(_Section):
 
 _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "sgd": {"momentum": 0.0, "nesterov": False},
-    "adagrad": {"eps": 1e-10, "eps_inside_sqrt": False},
-    "rmsprop": {"alpha": 0.99, "eps": 1e-8, "eps_inside_sqrt": False},
-    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_inside_sqrt": False},
+    "adagrad": {"eps": 1e-10},
+    "rmsprop": {"alpha": 0.99, "eps": 1e-8},
+    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
 }
 Unit = Annotated[Float, Field(ge=0, lt=1)]  # in [0, 1)
 Positive = Annotated[Float, Field(gt=0)]
@@ -464,10 +399,6 @@ class OptimizerConfig(_Section):
     beta1: Unit | None = Field(None, description="adam only: decay of the first moment (default 0.9)")
     beta2: Unit | None = Field(None, description="adam only: decay of the second moment (default 0.999)")
     eps: Epsilon | None = Field(None, description="adagrad (default 1e-10), rmsprop and adam (default 1e-8)")
-    eps_inside_sqrt: Bool | None = Field(
-        None, description="adagrad, rmsprop, adam: divide by sqrt(acc + eps), not sqrt(acc) + eps (default false)"
-    )
-
 
     @model_validator(mode="before")
     @classmethod
@@ -494,10 +425,8 @@ class OptimizerConfig(_Section):
         return self
 
     def hyper(self) -> dict[str, Any]:
-        """Keyword arguments for ``bptt_cli.core.optim.make(name, **hyper)``; eps_inside_sqrt
-        only when true, so every earlier config dumps and digests as before."""
-        keys = [k for k in _OPTIMIZER_DEFAULTS[self.name] if k != "eps_inside_sqrt" or getattr(self, k)]
-        return {"lr": self.lr, **{k: getattr(self, k) for k in keys}}
+        """Keyword arguments for ``bptt_cli.core.optim.make(name, **hyper)``."""
+        return {"lr": self.lr, **{k: getattr(self, k) for k in _OPTIMIZER_DEFAULTS[self.name]}}
 
     @model_serializer(mode="wrap")
     def _own(self, handler) -> dict[str, Any]:
@@ -583,9 +512,6 @@ class TrainConfig(_Section):
     diagnostics_every: Every = Field(0, description="gradient-flow diagnostics every N updates; 0 = off")
     checkpoint_every: Count = Field(100, description="save a checkpoint every N steps (and at the end)")
     target: Str | None = Field(None, description="stop early once met, e.g. eval.accuracy>=0.99; null = run all steps")
-    loss_reduction: Literal["mean", "sum"] = Field(
-        "mean", description="training loss over an update's supervised steps and batch: mean, or sum (n times the gradient)"
-    )
     threads: Union[Literal["auto"], Int] = Field(
         "auto", description="BLAS threads: auto picks from the model size and free cores; OPENBLAS_NUM_THREADS etc. win over auto"
     )
@@ -602,13 +528,6 @@ class TrainConfig(_Section):
     @classmethod
     def _target(cls, value: str | None) -> str | None:
         return None if value is None else str(parse_expectation(value))
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler) -> dict[str, Any]:
-        out = handler(self)
-        if self.loss_reduction == "mean":  # the default stays out of the data: earlier configs digest as before
-            del out["loss_reduction"]
-        return out
 
 
 class DiagnosticsConfig(_Section):
