@@ -25,7 +25,7 @@ from bptt_cli.core import clipping, gated, optim
 from bptt_cli.core.bptt import Workspace, chunked_pass, loss_and_gradients
 from bptt_cli.core.errors import DivergedError, InvalidInputError
 from bptt_cli.core.losses import LOSSES
-from bptt_cli.core.model import RNN, forward
+from bptt_cli.core.model import RNN, check_params_like, forward
 from bptt_cli.core.truncation import Truncation, parse
 from bptt_cli.tasks import Batch, Task, make_task
 
@@ -101,19 +101,31 @@ class Trainer:
         self.truncation = parse(cfg.truncation.spec)
         self.chunked = cfg.truncation.update == "chunk"
         self.target: Expectation | None = parse_expectation(cfg.train.target) if cfg.train.target else None
+        # A task may hold nothing out (text with eval_fraction 0): then no evaluation runs at all.
+        self.held_out: bool = getattr(self.task, "held_out", True)
+        if not self.held_out and self.target is not None and self.target.stream == "eval":
+            raise InvalidInputError(
+                f"train.target {self.target} needs a held-out set, but task.eval_fraction is 0; use a train.* metric"
+            )
         self.workspace = Workspace()
         self.engine = _Engine(cfg.model.cell)
+        if cfg.model.cell != "elman" and hasattr(self.task, "initial_params"):
+            raise InvalidInputError(f"the {cfg.task.name} task fixes an Elman model's weights; use model.cell: elman")
         self._eval_batch: Batch | None = None
         self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
         self._beta: float | None = None  # adaptive: the decay rate of the last re-estimate, for its record
+        self._init_from: dict[str, np.ndarray] | None = None  # model.init_from's weights, checked
+        if cfg.model.init_from is not None:  # refused here, before a run directory is written
+            self.initial_state()
         if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
             self.task.initial_params(cfg.model.hidden, cfg.model.activation, self.dtype)
 
     # -- state ------------------------------------------------------------------------
-    def initial_state(self) -> TrainState:
+    def initial_state(self, *, from_file: bool = True) -> TrainState:
+        """The state before the first update: drawn weights, or ``model.init_from``'s
+        (checked when the trainer is built; ``from_file=False`` keeps the drawn ones, a
+        template of the shapes for reading a checkpoint)."""
         m = self.cfg.model
-        if m.cell != "elman" and getattr(self.task, "initial_params", None) is not None:
-            raise InvalidInputError(f"the {self.cfg.task.name} task fixes an Elman model; use model.cell: elman")
         model = None if m.cell != "elman" else RNN.init(
             self.task.n_in,
             m.hidden,
@@ -123,6 +135,7 @@ class Trainer:
             spectral_radius=m.spectral_radius,
             seed=self.cfg.seed,
             dtype=self.dtype,
+            init_params=m.init_params.to_core(),
         )
         if model is not None:
             params = model.params
@@ -134,6 +147,10 @@ class Trainer:
         task_init = getattr(self.task, "initial_params", None)
         if task_init is not None:  # a task whose model is fixed (influence): its own weights
             params = task_init(m.hidden, m.activation, self.dtype)
+        if m.init_from is not None and from_file:
+            if self._init_from is None:
+                self._init_from = load_init_from(m.init_from, m.init_from_sha256, params)
+            params = {k: v.copy() for k, v in self._init_from.items()}
         return TrainState(optim.flatten(params), self._optimizer())
 
     def state_from_arrays(self, arrays: dict[str, np.ndarray]) -> TrainState:
@@ -172,6 +189,7 @@ class Trainer:
         """
         cfg = self.cfg.train
         act, loss_kind = self.cfg.model.activation, self.task.loss
+        summed = cfg.loss_reduction == "sum"
         started = time.perf_counter() - state.elapsed
 
         def clock() -> float:
@@ -179,7 +197,7 @@ class Trainer:
 
         for step in range(state.step, cfg.steps):
             batch = self.task.train_batch(step, cfg.batch_size)
-            h0 = state.h if self.task.stateful else None
+            h0 = state.h if self.task.stateful and not self._resets(step) else None
             diagnose = bool(cfg.diagnostics_every) and state.update >= state.next_diagnostics
             diag: dict | None = None
             if diagnose:
@@ -200,8 +218,11 @@ class Trainer:
                     n = float(batch.mask[firsts[chunk] : lasts[chunk]].sum())
                 else:
                     n = float(batch.mask[chunk * C : (chunk + 1) * C].sum())
-                scored.append((loss, n))
-                records.append(self.apply_update(state, grads, loss=loss, step=step + 1, chunk=chunk, clock=clock))
+                scale = n if summed else None  # loss_reduction sum: the mean's loss and gradient times n
+                scored.append((loss * n if summed else loss, n))
+                records.append(
+                    self.apply_update(state, grads, loss=scored[-1][0], step=step + 1, chunk=chunk, clock=clock, scale=scale)
+                )
                 if state.k is not None:  # adaptive: the K this update's gradient was taken with
                     records[-1]["k"] = state.k
                     if self._beta is not None:
@@ -238,12 +259,13 @@ class Trainer:
             if self.task.stateful:
                 state.h = h_last
             # The step's loss is that of the whole batch: its updates' losses weighted by their
-            # supervised entries (several chunk updates per step under update_every: chunk).
-            step_loss = sum(l * n for l, n in scored) / sum(n for _, n in scored)
+            # supervised entries (several chunk updates per step under update_every: chunk),
+            # or their sum under loss_reduction: sum.
+            step_loss = sum(l for l, _ in scored) if summed else sum(l * n for l, n in scored) / sum(n for _, n in scored)
             train_now = {**records[-1], "loss": step_loss}
             last = state.step == cfg.steps
             met = False
-            if (cfg.eval_every and state.step % cfg.eval_every == 0) or last:
+            if self.held_out and ((cfg.eval_every and state.step % cfg.eval_every == 0) or last):
                 metrics = self.evaluate(state.params)
                 self._track_best(state, metrics)
                 yield Event("eval", {"step": state.step, "update": state.update, **metrics, "time": clock()})
@@ -258,11 +280,15 @@ class Trainer:
             if met:
                 return
 
-    def apply_update(self, state: TrainState, grads: dict, *, loss: float, step: int, chunk: int, clock) -> dict:
+    def apply_update(
+        self, state: TrainState, grads: dict, *, loss: float, step: int, chunk: int, clock, scale: float | None = None
+    ) -> dict:
         """Clip ``grads``, update ``state``'s parameters with them and count the update; its record.
 
         The gradient is copied into one flat buffer kept by the trainer, and clipped and applied
         there in place (``optim.py``): the hot path allocates no per-parameter temporaries.
+        ``scale`` multiplies the gradient first (``train.loss_reduction: sum``: the number of
+        supervised entries, turning the engine's mean into the sum before clipping).
         """
         flat = self._flat_grads
         if flat is None:  # the layout is the config's, the same for every state of this trainer
@@ -271,6 +297,9 @@ class Trainer:
         if project is not None:  # a task that trains some directions only (influence: theta)
             grads = project(grads)
         flat.assign(grads)
+        if scale is not None:
+            for buf, _ in flat.groups:
+                buf *= buf.dtype.type(scale)
         rec = clipping.clip_in_place(flat, self.cfg.clip.mode, self.cfg.clip.threshold)
         state.optimizer.step(state.params, flat.arrays)
         state.update += 1
@@ -286,6 +315,11 @@ class Trainer:
             "lr": state.optimizer.lr,
             "time": clock(),
         }
+
+    def _resets(self, step: int) -> bool:
+        """Whether the task zeroes the carried state before step ``step`` (text's reset_state_at_end)."""
+        resets = getattr(self.task, "resets_state", None)
+        return resets is not None and resets(step, self.cfg.train.batch_size)
 
     def _track_best(self, state: TrainState, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
@@ -413,7 +447,7 @@ class _StateReader:
     def state(self) -> TrainState:
         tr, arrays = self.trainer, self.arrays
         steps = tr.cfg.train.steps
-        fresh = tr.initial_state()
+        fresh = tr.initial_state(from_file=False)  # shapes and a blank optimizer; a resume reads no init_from
         params = {k: self.array(f"param/{k}", v, f"parameter {k}") for k, v in fresh.params.items()}
         step = self.counter("step", "training batches completed")
         if step > steps:
@@ -481,6 +515,27 @@ class _StateReader:
         )
 
 
+def load_init_from(path: str, sha256: str | None, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``model.init_from``'s weights: an .npz of the parameter names, or a run directory's
+    checkpoint (its ``param/*`` members), read without pickles and checked against ``like``
+    (names, shapes, dtype) and against the sha256 recorded in the config."""
+    from bptt_cli import safeio
+    from bptt_cli.config.schema import _file_sha256, init_file
+
+    file = init_file(Path(path))
+    where = f"model.init_from: {file}"
+    got = _file_sha256(file)
+    if sha256 is not None and got != sha256:
+        raise InvalidInputError(f"{where} changed since the config recorded it ({sha256}, now {got}); restore it or drop init_from_sha256")
+    try:
+        arrays = safeio.load_npz(file, cap=64 * sum(v.nbytes for v in like.values()) + (1 << 20))
+    except safeio.UnsafeFile as e:
+        raise InvalidInputError(f"{where}: {str(e).removeprefix(str(file)).lstrip(': ')}") from None
+    if any(k.startswith("param/") for k in arrays):  # a run's checkpoint: its parameters only
+        arrays = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+    return check_params_like(arrays, like, where)
+
+
 def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
     """A small float64 problem from the configured task and model, for ``bptt gradcheck``.
 
@@ -505,5 +560,6 @@ def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
     model = RNN.init(
         task.n_in, m.hidden, task.n_out,
         activation=m.activation, init=m.init, spectral_radius=m.spectral_radius, seed=cfg.seed, dtype=np.float64,
+        init_params=m.init_params.to_core(),
     )  # fmt: skip
     return model.params, x, targets, mask, m.activation, task.loss

@@ -9,10 +9,13 @@ errors live in the sibling modules; this one only says what a valid config is.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
@@ -115,6 +118,76 @@ class TaskConfig(_Section):
         return {"name": self.name, **handler(self)["params"]}
 
 
+class MatrixInit(_Section):
+    """How one weight matrix starts (``model.init_params.W_xh`` and so on)."""
+
+    dist: Literal["default", "gaussian", "uniform", "orthogonal", "identity"] = Field(
+        "default", description="default (init/spectral_radius for W_hh, N(0, 1/fan-in) otherwise), gaussian, uniform, orthogonal, identity"
+    )
+    std: Annotated[Float, Field(gt=0)] | None = Field(None, description="gaussian: the standard deviation")
+    scale: Annotated[Float, Field(gt=0)] | None = Field(None, description="uniform: entries drawn from [-scale, scale]")
+    gain: Annotated[Float, Field(gt=0)] | None = Field(None, description="orthogonal, identity: the factor (default 1)")
+
+    @model_validator(mode="after")
+    def _keys(self) -> MatrixInit:
+        takes = {"default": (), "gaussian": ("std",), "uniform": ("scale",), "orthogonal": ("gain",), "identity": ("gain",)}
+        for key in ("std", "scale", "gain"):
+            value = getattr(self, key)
+            if key in takes[self.dist] and key != "gain" and value is None:
+                raise ConfigError(f"dist {self.dist} needs {key} (a number > 0)", key)
+            if key not in takes[self.dist] and value is not None:
+                allowed = ", ".join(takes[self.dist]) or "nothing else"
+                raise ConfigError(f"{key} is not used by dist {self.dist} (it takes {allowed})", key)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class InitParams(_Section):
+    """Per-parameter initialisation of the Elman cell; every entry at its default draws what
+    ``init`` and ``spectral_radius`` draw, bit for bit."""
+
+    W_xh: MatrixInit = Field(default_factory=MatrixInit, description="input weights (H, I)")
+    W_hh: MatrixInit = Field(
+        default_factory=MatrixInit, description="recurrent weights (H, H); other than default, overrides init and spectral_radius"
+    )
+    W_hy: MatrixInit = Field(default_factory=MatrixInit, description="output weights (O, H)")
+    b_h: Float = Field(0.0, description="hidden bias, a constant")
+    b_y: Float = Field(0.0, description="output bias, a constant")
+
+    def to_core(self) -> dict[str, Any] | None:
+        """The ``init_params`` argument of ``core.model.RNN.init`` (None: all defaults)."""
+        return None if self == InitParams() else self.model_dump(mode="python")
+
+
+def init_file(path: Path) -> Path:
+    """The file ``model.init_from`` names: the path itself, or a run directory's checkpoint.npz."""
+    file = path / "checkpoint.npz" if path.is_dir() else path
+    if not file.is_file():
+        what = "a run directory without checkpoint.npz" if path.is_dir() else "no such file"
+        raise ConfigError(
+            f"{str(path)!r}: {what}; expected an .npz of W_xh, W_hh, b_h, W_hy, b_y or a run directory", "init_from"
+        )
+    return file
+
+
+def _file_sha256(file: Path) -> str:
+    from bptt_cli import safeio
+
+    digest = hashlib.sha256()
+    try:
+        with safeio.open_regular(file) as f:
+            if os.fstat(f.fileno()).st_size > safeio.NPZ_CAP:
+                raise ConfigError(f"{str(file)!r} is larger than any set of weights bptt reads ({safeio.NPZ_CAP:,} bytes)", "init_from")
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, safeio.UnsafeFile) as e:
+        raise ConfigError(f"{str(file)!r} cannot be read ({e})", "init_from") from None
+    return f"sha256:{digest.hexdigest()}"
+
+
 GATED = ("gru", "lstm")
 MAX_FORGET_BIAS = 100.0  # sigmoid(100) is 1 in float64: a larger bias changes nothing
 
@@ -147,6 +220,33 @@ class ModelConfig(_Section):
     )
     dtype: Literal["float32", "float64"] = Field("float32", description="floating-point type of every array")
 
+    init_params: InitParams = Field(
+        default_factory=InitParams,
+        description="elman, per parameter: W_xh, W_hh, W_hy {dist, std | scale | gain}; b_h, b_y a constant (docs/classics.md)",
+    )
+    init_from: Str | None = Field(
+        None, description="start from these weights: an .npz of W_xh, W_hh, b_h, W_hy, b_y, or a run directory (its checkpoint)"
+    )
+    init_from_sha256: Str | None = Field(
+        None, description="sha256 of init_from's file, recorded when the config is read; another file is refused"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _init_file(cls, data: Any) -> Any:
+        # A user's config names a file; the recorded config (config.yaml) holds its absolute
+        # path and hash too, so a resume reads no file and a changed file is refused at loading.
+        if not isinstance(data, Mapping):
+            return data
+        if data.get("init_from") is None:
+            if data.get("init_from_sha256") is not None:
+                raise ConfigError("init_from_sha256 is only recorded with init_from; remove it", "init_from_sha256")
+            return data
+        if not isinstance(data["init_from"], str) or data.get("init_from_sha256") is not None:
+            return data
+        path = Path(data["init_from"])
+        return {**data, "init_from": str(path.resolve()), "init_from_sha256": _file_sha256(init_file(path))}
+
     @model_validator(mode="before")
     @classmethod
     def _gated_init(cls, data: Any) -> Any:
@@ -178,6 +278,8 @@ class ModelConfig(_Section):
                     "remove model.spectral_radius or use cell: elman",
                     "spectral_radius",
                 )
+        if cell != "elman" and self.init_params != InitParams():
+            raise ConfigError(f"init_params sets the elman cell's parameters; cell {cell} takes init only", "init_params")
         if cell != "lstm" and self.forget_bias != 1.0:
             raise ConfigError(
                 f"{self.forget_bias!r} is the lstm's forget-gate bias; cell {cell} has no forget gate: "
@@ -193,6 +295,11 @@ class ModelConfig(_Section):
             del out["cell"]
         if self.cell != "lstm":
             del out["forget_bias"]
+        if self.init_params == InitParams():  # classics keys: out of the data when unused, as above
+            del out["init_params"]
+        for key in ("init_from", "init_from_sha256"):
+            if out[key] is None:
+                del out[key]
         return out
 
 
@@ -379,9 +486,9 @@ class ClipConfig(_Section):
 
 _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "sgd": {"momentum": 0.0, "nesterov": False},
-    "adagrad": {"eps": 1e-10},
-    "rmsprop": {"alpha": 0.99, "eps": 1e-8},
-    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "adagrad": {"eps": 1e-10, "eps_inside_sqrt": False},
+    "rmsprop": {"alpha": 0.99, "eps": 1e-8, "eps_inside_sqrt": False},
+    "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_inside_sqrt": False},
 }
 Unit = Annotated[Float, Field(ge=0, lt=1)]  # in [0, 1)
 Positive = Annotated[Float, Field(gt=0)]
@@ -399,6 +506,10 @@ class OptimizerConfig(_Section):
     beta1: Unit | None = Field(None, description="adam only: decay of the first moment (default 0.9)")
     beta2: Unit | None = Field(None, description="adam only: decay of the second moment (default 0.999)")
     eps: Epsilon | None = Field(None, description="adagrad (default 1e-10), rmsprop and adam (default 1e-8)")
+    eps_inside_sqrt: Bool | None = Field(
+        None, description="adagrad, rmsprop, adam: divide by sqrt(acc + eps), not sqrt(acc) + eps (default false)"
+    )
+
 
     @model_validator(mode="before")
     @classmethod
@@ -425,8 +536,10 @@ class OptimizerConfig(_Section):
         return self
 
     def hyper(self) -> dict[str, Any]:
-        """Keyword arguments for ``bptt_cli.core.optim.make(name, **hyper)``."""
-        return {"lr": self.lr, **{k: getattr(self, k) for k in _OPTIMIZER_DEFAULTS[self.name]}}
+        """Keyword arguments for ``bptt_cli.core.optim.make(name, **hyper)``; eps_inside_sqrt
+        only when true, so every earlier config dumps and digests as before."""
+        keys = [k for k in _OPTIMIZER_DEFAULTS[self.name] if k != "eps_inside_sqrt" or getattr(self, k)]
+        return {"lr": self.lr, **{k: getattr(self, k) for k in keys}}
 
     @model_serializer(mode="wrap")
     def _own(self, handler) -> dict[str, Any]:
@@ -512,6 +625,9 @@ class TrainConfig(_Section):
     diagnostics_every: Every = Field(0, description="gradient-flow diagnostics every N updates; 0 = off")
     checkpoint_every: Count = Field(100, description="save a checkpoint every N steps (and at the end)")
     target: Str | None = Field(None, description="stop early once met, e.g. eval.accuracy>=0.99; null = run all steps")
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="training loss over an update's supervised steps and batch: mean, or sum (n times the gradient)"
+    )
     threads: Union[Literal["auto"], Int] = Field(
         "auto", description="BLAS threads: auto picks from the model size and free cores; OPENBLAS_NUM_THREADS etc. win over auto"
     )
@@ -528,6 +644,13 @@ class TrainConfig(_Section):
     @classmethod
     def _target(cls, value: str | None) -> str | None:
         return None if value is None else str(parse_expectation(value))
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if self.loss_reduction == "mean":  # the default stays out of the data: earlier configs digest as before
+            del out["loss_reduction"]
+        return out
 
 
 class DiagnosticsConfig(_Section):
