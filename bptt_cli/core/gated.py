@@ -232,7 +232,8 @@ def _check_truncation(tr: Truncation) -> None:
 class _Weights:
     """The parameters in the internal gate orders, made once per call (or per chunk).
 
-    f_ih (I, G H) and f_hh (H, G H): transposed, sigmoid rows scaled by 1/2, for the forward;
+    f_ih (I, G H) and f_hh (H, G H): transposed, sigmoid rows scaled by -1 (the LSTM's g rows
+    by -2), for the forward;
     f_b (G H,) the folded biases; b_hn (H,) the GRU's hidden-side n bias; b_hh (G H, H) or
     (3 H, H): unscaled, for dh_{t-1} = A_hh @ b_hh in the backward.
     """
@@ -245,8 +246,12 @@ class _Weights:
         Wih = params["weight_ih"].reshape(G, H, -1)
         Whh = params["weight_hh"].reshape(G, H, H)
         bih, bhh = params["bias_ih"].reshape(G, H), params["bias_hh"].reshape(G, H)
-        scale = np.ones((G, 1), dt)
-        scale[list(_SIGMOID[cell])] = 0.5
+        # Pre-activations come out as -a (sigmoid gates) or -2a (the LSTM's g), so that one
+        # np.exp covers every gate: sigma(a) = 1 / (1 + exp(-a)), tanh(a) = 2 sigma(2a) - 1.
+        scale = np.full((G, 1), -1.0 if cell == "gru" else -2.0, dt)
+        scale[list(_SIGMOID[cell])] = -1.0
+        if cell == "gru":
+            scale[0] = 1.0  # n: a plain tanh after r is known
         self.f_ih = np.ascontiguousarray((Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1).T)
         if cell == "lstm":
             self.f_b = ((bih + bhh)[list(oi)] * scale).reshape(-1)
@@ -257,7 +262,7 @@ class _Weights:
             b = bih.copy()
             b[:2] += bhh[:2]  # r and z take both biases; n's hidden bias stays inside r * (.)
             self.f_b = (b[list(oi)] * scale).reshape(-1)
-            hs = np.array([0.5, 0.5, 1.0], dt)[:, None, None]  # hidden side (z, r, n): z, r scaled
+            hs = np.array([-1.0, -1.0, 1.0], dt)[:, None, None]  # hidden side (z, r, n): z, r scaled
             self.f_hh = np.ascontiguousarray((Whh[list(oh)] * hs).reshape(3 * H, H).T)
             self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(3 * H, H))
             self.b_hn = bhh[2].copy()
@@ -314,34 +319,40 @@ def _forward_steps(rec: _Record, w: _Weights, x: np.ndarray, t0: int, t1: int) -
     g2 = gates.reshape(n * B, G * H)
     np.matmul(x[t0:t1].reshape(n * B, -1), w.f_ih, out=g2)  # input projections, all steps at once
     g2 += w.f_b
-    hw = rec.tmp
     f_hh = w.f_hh
+    with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives sigma = 1 / inf = 0, exactly
+        _steps(rec, f_hh, w.b_hn, gates.reshape(n, B, G * H), t0, t1, H)
+
+
+def _steps(rec: _Record, f_hh, b_hn, gates, t0: int, t1: int, H: int) -> None:
+    """The recurrence of ``_forward_steps``: gates (n, B, G H) hold the input projections."""
+    hw = rec.tmp
     if rec.cell == "lstm":
         H3 = 3 * H
         for h_prev, h, c_prev, c, tc, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.cs[t0:t1],
-                                                rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1], gates.reshape(n, B, G * H)):
+                                                rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1], gates):
             np.matmul(h_prev, f_hh, out=hw)
-            gt += hw
-            np.tanh(gt, out=gt)  # the sigmoid gates' pre-activations were halved: sigma = (1 + tanh) / 2
-            s = gt[:, :H3]
-            s *= 0.5
-            s += 0.5
+            gt += hw  # -a (o, i, f), -2a (g)
+            np.exp(gt, out=gt)
+            gt += 1
+            np.reciprocal(gt, out=gt)  # sigma(a); sigma(2a) for g
+            gg = gt[:, H3:]
+            gg *= 2
+            gg -= 1  # tanh(a) = 2 sigma(2a) - 1
             np.multiply(gt[:, 2 * H : H3], c_prev, out=c)  # f c
             np.multiply(gt[:, H : 2 * H], gt[:, H3:], out=hw[:, :H])  # i g
             c += hw[:, :H]
             np.tanh(c, out=tc)
             np.multiply(gt[:, :H], tc, out=h)  # o tanh(c)
     else:
-        b_hn = w.b_hn
         H2 = 2 * H
-        for h_prev, h, hn, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.hn[t0:t1],
-                                     gates.reshape(n, B, G * H)):
+        for h_prev, h, hn, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.hn[t0:t1], gates):
             np.matmul(h_prev, f_hh, out=hw)  # (z, r, n) hidden side
             zr = gt[:, H:]
-            zr += hw[:, :H2]
-            np.tanh(zr, out=zr)
-            zr *= 0.5
-            zr += 0.5
+            zr += hw[:, :H2]  # -a of z and r
+            np.exp(zr, out=zr)
+            zr += 1
+            np.reciprocal(zr, out=zr)
             np.add(hw[:, H2:], b_hn, out=hn)
             nn = gt[:, :H]
             np.multiply(gt[:, H2:], hn, out=hw[:, :H])  # r hn
@@ -398,89 +409,103 @@ def _loss(params, rec: _Record, targets, mask, loss: str, t0: int, t1: int, y: n
 
 
 # -- backward pieces ----------------------------------------------------------------------------
-def _factors(rec: _Record, s0: int, s1: int, V: np.ndarray, Q: np.ndarray | None, tmp: np.ndarray) -> None:
-    """The adjoint-free parts of the backward step for steps s0 .. s1-1, into V (n, B, k, H) and Q.
+# A backward step's row (B, 5 H + O) per step: five H-blocks and dL/dy of the step before.
+#   LSTM  [dh Q, da_o, da_i, da_f, da_g | dy_{t-1}]   the matmul input: blocks 1..4 and dy
+#   GRU   [dh z, da_n, da_z, da_r, da_hn | dy_{t-1}]  the matmul input: blocks 2..4 and dy
+# so dL/dh_{t-1} = [gate adjoints, dy_{t-1}] @ [weight_hh blocks; W_hy] is ONE matmul that also
+# adds the direct term of step t-1. The factors V (.., 5, H) line up with the first blocks:
+#   LSTM  [Q, V_o, V_i, V_f, V_g] = [o(1-tanh(c)^2), tanh(c) o(1-o), g i(1-i), c_prev f(1-f), i(1-g^2)]
+#   GRU   [z, V_n, V_z, V_r, r]   = [z, (1-z)(1-n^2), (h_prev-n) z(1-z), hn r(1-r), r]
+_MATMUL_FROM = {"lstm": 1, "gru": 2}  # first block of the backward matmul's input
 
-    LSTM: V = [tanh(c) o(1-o), g i(1-i), c_prev f(1-f), i (1-g^2)] (multipliers of dh, dc, dc,
-    dc into [da_o, da_i, da_f, da_g]) and Q = o (1 - tanh(c)^2); dc_{t-1} = dc f reads f from
-    the record. GRU: V = [(1-z)(1-n^2), (h_prev-n) z(1-z), hn r(1-r), r]: the first two multiply
-    dh into [da_n, da_z], the last two multiply da_n into [da_r, da_hn]. tmp: (n, B, 3, H) scratch.
+
+def _factors(rec: _Record, s0: int, s1: int, V: np.ndarray, tmp: np.ndarray) -> None:
+    """The adjoint-free parts of the backward step for steps s0 .. s1-1, into V[:s1-s0] (n, B, 5, H).
+
+    Computed for a block of steps at once (a few calls over the block), so the step itself only
+    multiplies adjoints by them. tmp: (n, B, 3, H) scratch.
     """
     n = s1 - s0
     if n <= 0:
         return
     g = rec.gates[s0:s1]
     t = tmp[:n]
+    V = V[:n]
     if rec.cell == "lstm":
         sig = g[:, :, 0:3]
         np.multiply(sig, sig, out=t)
         np.subtract(sig, t, out=t)  # sigma (1 - sigma) of o, i, f
         tc = rec.tc[s0:s1]
-        np.multiply(tc, t[:, :, 0], out=V[:n, :, 0])
-        np.multiply(g[:, :, 3], t[:, :, 1], out=V[:n, :, 1])
-        np.multiply(rec.cs[s0:s1], t[:, :, 2], out=V[:n, :, 2])
+        np.multiply(tc, t[:, :, 0], out=V[:, :, 1])
+        np.multiply(g[:, :, 3], t[:, :, 1], out=V[:, :, 2])
+        np.multiply(rec.cs[s0:s1], t[:, :, 2], out=V[:, :, 3])
         gg = t[:, :, 0]
         np.multiply(g[:, :, 3], g[:, :, 3], out=gg)
         np.subtract(1, gg, out=gg)
-        np.multiply(g[:, :, 1], gg, out=V[:n, :, 3])
+        np.multiply(g[:, :, 1], gg, out=V[:, :, 4])
         np.multiply(tc, tc, out=gg)
         np.subtract(1, gg, out=gg)
-        np.multiply(g[:, :, 0], gg, out=Q[:n])
+        np.multiply(g[:, :, 0], gg, out=V[:, :, 0])
     else:
         nn, z, r = g[:, :, 0], g[:, :, 1], g[:, :, 2]
         a, b = t[:, :, 0], t[:, :, 1]
+        V[:, :, 0] = z
         np.multiply(nn, nn, out=a)
         np.subtract(1, a, out=a)  # 1 - n^2
         np.subtract(1, z, out=b)
-        np.multiply(a, b, out=V[:n, :, 0])
+        np.multiply(a, b, out=V[:, :, 1])
         np.multiply(z, b, out=b)  # z (1 - z)
         np.subtract(rec.hs[s0:s1], nn, out=a)
-        np.multiply(a, b, out=V[:n, :, 1])
+        np.multiply(a, b, out=V[:, :, 2])
         np.multiply(r, r, out=a)
         np.subtract(r, a, out=a)  # r (1 - r)
-        np.multiply(rec.hn[s0:s1], a, out=V[:n, :, 2])
-        V[:n, :, 3] = r
+        np.multiply(rec.hn[s0:s1], a, out=V[:, :, 3])
+        V[:, :, 4] = r
 
 
-def _chain(rec: _Record, V, Q, Dh, A, s0: int, s1: int, gh, gc, Ws: list, cuts: list) -> None:
-    """One backward chain over steps s1-1 down to s0: A[s - s0] (B, 4, H) = the step's adjoints.
+def _rows(A: np.ndarray, H: int) -> np.ndarray:
+    """The (.., 5, H) view of the five H-blocks of A (.., 5 H + O)."""
+    v = A[..., : 5 * H].reshape(*A.shape[:-1], 5, H)
+    assert v.base is not None and np.shares_memory(v, A)  # a view: the steps write through it
+    return v
 
-    Dh[s - s0] holds the direct term dL/dh_s (zero where no loss enters) and is overwritten
-    with the total dL/dh_s. gh, gc (B, H): the carries into step s1-1, left as those out of
-    step s0 (zero if step s0 is cut). Ws[i], cuts[i] for local step i: the backward weight_hh
-    of that step, and whether the state before it is a constant (a chunk or window start).
+
+def _chain(cell: str, V, F, A, gh, gc, Ws: list, W_hy, cuts: list) -> None:
+    """One backward chain over the n rows of V, F, A, last row first.
+
+    A (n, B, 5 H + O): the tail of row i must hold dL/dy of the step before (zero if none);
+    the blocks receive the step's adjoints. gh (B, H) must hold dL/dh at the last row's step
+    (direct term included), gc (B, H) dL/dc there from later steps; both are left as the
+    carries out of the first row (gh with the direct term of the step before it). F: the
+    LSTM's forget gates of the rows. Ws[i]: the stacked [weight_hh blocks; W_hy] the backward
+    matmul of row i uses; cuts[i]: the state before row i's step is a constant.
     """
-    n = s1 - s0
-    B, H = gh.shape
-    if rec.cell == "lstm":
-        F = rec.gates[s0:s1, :, 2]
-        tmp = np.empty_like(gh)
-        rows = zip(Dh[n - 1 :: -1], V[n - 1 :: -1], Q[n - 1 :: -1], F[::-1], A[n - 1 :: -1], Ws[::-1], cuts[::-1])
-        for dh, v, q, f, a, W, cut in rows:
-            dh += gh
-            np.multiply(dh, q, out=tmp)
-            gc += tmp  # dc of c_t: from step t+1 and through h_t
-            np.multiply(dh, v[:, 0], out=a[:, 0])  # da_o
-            np.multiply(gc[:, None, :], v[:, 1:], out=a[:, 1:])  # da_i, da_f, da_g
+    n = A.shape[0]
+    H = gh.shape[1]
+    A5 = _rows(A, H)
+    k = _MATMUL_FROM[cell] * H
+    tail = A[:, :, 5 * H :]
+    if cell == "lstm":
+        for v, a5, a, f, W, cut, dy in zip(V[n - 1 :: -1], A5[::-1], A[::-1], F[::-1], Ws[::-1], cuts[::-1],
+                                           tail[::-1]):
+            np.multiply(gh[:, None, :], v[:, 0:2], out=a5[:, 0:2])  # dh Q, da_o
+            gc += a5[:, 0]  # dL/dc_t: from step t+1 and through h_t
+            np.multiply(gc[:, None, :], v[:, 2:5], out=a5[:, 2:5])  # da_i, da_f, da_g
             if cut:
-                gh.fill(0)
                 gc.fill(0)
+                np.matmul(dy, W_hy, out=gh)  # only the direct term of the step before
             else:
                 gc *= f
-                np.matmul(a.reshape(B, 4 * H), W, out=gh)
+                np.matmul(a[:, k:], W, out=gh)
     else:
-        Z = rec.gates[s0:s1, :, 1]
-        tmp = np.empty_like(gh)
-        for dh, v, z, a, W, cut in zip(Dh[n - 1 :: -1], V[n - 1 :: -1], Z[::-1], A[n - 1 :: -1], Ws[::-1], cuts[::-1]):
-            dh += gh
-            np.multiply(dh[:, None, :], v[:, :2], out=a[:, :2])  # da_n, da_z
-            np.multiply(a[:, 0:1], v[:, 2:], out=a[:, 2:])  # da_r, da_hn
+        for v, a5, a, W, cut, dy in zip(V[n - 1 :: -1], A5[::-1], A[::-1], Ws[::-1], cuts[::-1], tail[::-1]):
+            np.multiply(gh[:, None, :], v[:, 0:3], out=a5[:, 0:3])  # dh z, da_n, da_z
+            np.multiply(a5[:, 1:2], v[:, 3:5], out=a5[:, 3:5])  # da_r, da_hn
             if cut:
-                gh.fill(0)
+                np.matmul(dy, W_hy, out=gh)
             else:
-                np.multiply(dh, z, out=tmp)
-                np.matmul(a[:, 1:].reshape(B, 3 * H), W, out=gh)
-                gh += tmp
+                np.matmul(a[:, k:], W, out=gh)
+                gh += a5[:, 0]
 
 
 class _Grads:
@@ -492,23 +517,23 @@ class _Grads:
         self.ih = np.zeros((G * H, I), dt)
         self.hh = np.zeros((G * H, H), dt)
         self.b = np.zeros(4 * H, dt)
+        self._ones = np.ones(0, dt)
 
-    def add(self, A: np.ndarray, x_rows: np.ndarray, h_rows: np.ndarray) -> None:
-        """A (N, 4, H) adjoints; x_rows (N, I), h_rows (N, H) = the steps' inputs and h_{s-1}."""
+    def add(self, A4: np.ndarray, x_rows: np.ndarray, h_rows: np.ndarray) -> None:
+        """A4 (N, 4 H): the gate adjoints of N (step, sample) rows, [da_o, da_i, da_f, da_g] or
+        [da_n, da_z, da_r, da_hn]; x_rows (N, I), h_rows (N, H): the steps' inputs and h_{s-1}."""
         H = self.H
-        N = A.shape[0]
-        A2 = A.reshape(N, 4 * H)
-        ih, hh = (A2, A2) if self.cell == "lstm" else (A2[:, : 3 * H], A2[:, H:])
+        N = A4.shape[0]
+        ih, hh = (A4, A4) if self.cell == "lstm" else (A4[:, : 3 * H], A4[:, H:])
         self.ih += ih.T @ x_rows
         self.hh += hh.T @ h_rows
-        self.b += np.add.reduce(A2, axis=0)
+        if self._ones.shape[0] < N:
+            self._ones = np.ones(N, A4.dtype)
+        self.b += self._ones[:N] @ A4  # the sums over rows, in BLAS (3x faster than add.reduce)
 
     def result(self, params: dict, d_why, d_by) -> dict:
         H = self.H
-        if self.cell == "lstm":
-            b_ih, b_hh = self.b, self.b
-        else:
-            b_ih, b_hh = self.b[: 3 * H], self.b[H:]
+        b_ih, b_hh = (self.b, self.b) if self.cell == "lstm" else (self.b[: 3 * H], self.b[H:])
         gih, ghh, gbi, gbh = _to_public(self.cell, H, self.ih, self.hh, b_ih, b_hh)
         grads = {"weight_ih": gih, "weight_hh": ghh, "bias_ih": gbi, "bias_hh": gbh, "W_hy": d_why, "b_y": d_by}
         for k, g in grads.items():
@@ -517,41 +542,50 @@ class _Grads:
         return grads
 
 
-_BLOCK_BYTES = 1 << 19  # per-block factor buffer of the chain: a block's rows stay in L2
+_BLOCK_BYTES = 1 << 20  # per-block factor buffer of the chain: a block's rows stay in L2
 
 
 def _block_steps(T: int, B: int, H: int, dt) -> int:
-    return min(T, max(1, _BLOCK_BYTES // (B * 4 * H * np.dtype(dt).itemsize)))
+    return min(T, max(1, _BLOCK_BYTES // (B * 5 * H * np.dtype(dt).itemsize)))
+
+
+def _stacked(w: _Weights, W_hy: np.ndarray) -> np.ndarray:
+    """[backward weight_hh blocks; W_hy] (G H + O, H): one matmul for the gates' and the output's share."""
+    return np.concatenate([w.b_hh, W_hy])
 
 
 def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Workspace) -> _Grads:
     """W == C: one chain t = T-1 .. 0 cut at every chunk start, in blocks of steps, last first.
 
-    dy (O, T, B). Per block: the direct terms (one matmul), the factors (a few calls over the
-    block), the steps, then the block's share of every weight gradient (one matmul each).
+    dy (O, T, B). Per block: dy of the steps before into the rows' tails (one copy), the
+    factors (a few calls over the block), the steps, then the block's share of every weight
+    gradient (one matmul each) while its rows are in cache.
     """
     T, B, I = x.shape
     H = rec.hs.shape[2]
     O = dy.shape[0]
     dt = rec.hs.dtype
     Tb = _block_steps(T, B, H, dt)
-    V = ws.get("g_V", (Tb, B, 4, H), dt)
-    Q = ws.get("g_Q", (Tb, B, H), dt) if rec.cell == "lstm" else None
+    V = ws.get("g_V", (Tb, B, 5, H), dt)
     tmp = ws.get("g_btmp", (Tb, B, 3, H), dt)
-    Dh = ws.get("g_Dh", (Tb, B, H), dt)
-    A = ws.get("g_A", (Tb, B, 4, H), dt)
-    gh = ws.get("g_gh", (B, H), dt, zero=True)
+    A = ws.get("g_A", (Tb, B, 5 * H + O), dt)
+    gh = ws.get("g_gh", (B, H), dt)
     gc = ws.get("g_gc", (B, H), dt, zero=True)
+    np.matmul(dy[:, T - 1].T, params["W_hy"], out=gh)  # dL/dh_{T-1}: its direct term alone
     acc = _Grads(rec.cell, I, H, dt)
-    Wb = w.b_hh
+    Ws = [_stacked(w, params["W_hy"])] * Tb
+    F = rec.gates[:, :, 2] if rec.cell == "lstm" else None
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
         n = t1 - t0
-        np.matmul(dy[:, t0:t1].reshape(O, n * B).T, params["W_hy"], out=Dh[:n].reshape(n * B, H))
-        _factors(rec, t0, t1, V, Q, tmp)
+        lo = max(t0, 1)
+        A[lo - t0 : n, :, 5 * H :] = dy[:, lo - 1 : t1 - 1].transpose(1, 2, 0)  # row t: dy_{t-1}
+        if t0 == 0:
+            A[0, :, 5 * H :] = 0
+        _factors(rec, t0, t1, V, tmp)
         cuts = [t % C == 0 for t in range(t0, t1)]
-        _chain(rec, V, Q, Dh, A, t0, t1, gh, gc, [Wb] * n, cuts)
-        acc.add(A[:n].reshape(n * B, 4, H), x[t0:t1].reshape(n * B, I), rec.hs[t0:t1].reshape(n * B, H))
+        _chain(rec.cell, V[:n], F[t0:t1] if F is not None else None, A[:n], gh, gc, Ws[:n], params["W_hy"], cuts)
+        acc.add(A[:n].reshape(n * B, -1)[:, H : 5 * H], x[t0:t1].reshape(n * B, I), rec.hs[t0:t1].reshape(n * B, H))
     return acc
 
 
@@ -561,7 +595,7 @@ def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws:
     The time axis is padded to nC C steps with zero losses and zero factors (a padded step
     passes nothing back). Chain c sits at step (c+1)C - 1 - j at lag j; the live chains
     c >= j // C are C rows apart, so strided views of the per-step arrays serve them all and
-    one matmul per lag advances every chain. A (Tp, B, 4, H) sums each step's adjoints.
+    one matmul per lag advances every chain. A (Tp, B, 4, H) sums each step's gate adjoints.
     """
     T, B, I = x.shape
     H = rec.hs.shape[2]
@@ -570,23 +604,24 @@ def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws:
     lstm = rec.cell == "lstm"
     nC = -(-T // C)
     Tp = nC * C
-    V = ws.get("g_lagV", (Tp, B, 4, H), dt)
-    Q = ws.get("g_lagQ", (Tp, B, H), dt) if lstm else None
-    F = ws.get("g_lagF", (Tp, B, H), dt)  # f (LSTM) or z (GRU) of each step
+    V = ws.get("g_lagV", (Tp, B, 5, H), dt)
+    F = ws.get("g_lagF", (Tp, B, H), dt) if lstm else None  # forget gates
     tmp = ws.get("g_lagtmp", (T, B, 3, H), dt)
     Dh = ws.get("g_lagDh", (Tp, B, H), dt)
     A = ws.get("g_lagA", (Tp, B, 4, H), dt)
     np.matmul(dy.reshape(O, T * B).T, params["W_hy"], out=Dh[:T].reshape(T * B, H))
-    _factors(rec, 0, T, V, Q, tmp)
-    F[:T] = rec.gates[:, :, 2 if lstm else 1]
-    for arr in (Dh, V, F) + ((Q,) if lstm else ()):
-        arr[T:] = 0
+    _factors(rec, 0, T, V, tmp)
+    if lstm:
+        F[:T] = rec.gates[:, :, 2]
+        F[T:] = 0
+    Dh[T:] = 0
+    V[T:] = 0
     A.fill(0)
     Gh = ws.get("g_lagGh", (nC, B, H), dt)
     Gc = ws.get("g_lagGc", (nC, B, H), dt, zero=True)
-    Ach = ws.get("g_lagAch", (nC, B, 4, H), dt)
-    tb = ws.get("g_lagtb", (nC, B, H), dt)
+    Ach = ws.get("g_lagAch", (nC, B, 5, H), dt)
     Wb = w.b_hh
+    k0 = _MATMUL_FROM[rec.cell]
     Gh[...] = Dh[C - 1 :: C]  # lag 0: each chain at its chunk's last step
     for j in range(W):
         lo = j // C
@@ -594,33 +629,30 @@ def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws:
             break
         p0 = (lo + 1) * C - 1 - j
         at = slice(p0, p0 + (nC - lo) * C, C)  # the steps the live chains sit at
-        g, ach = Gh[lo:], Ach[lo:]
+        g, ach, v = Gh[lo:, :, None, :], Ach[lo:], V[at]
         if lstm:
+            np.multiply(g, v[:, :, 0:2], out=ach[:, :, 0:2])  # dh Q, da_o
             gc = Gc[lo:]
-            np.multiply(g, Q[at], out=tb[lo:])
-            gc += tb[lo:]
-            np.multiply(g, V[at, :, 0], out=ach[:, :, 0])
-            np.multiply(gc[:, :, None, :], V[at, :, 1:], out=ach[:, :, 1:])
+            gc += ach[:, :, 0]
+            np.multiply(gc[:, :, None, :], v[:, :, 2:5], out=ach[:, :, 2:5])
         else:
-            np.multiply(g[:, :, None, :], V[at, :, :2], out=ach[:, :, :2])
-            np.multiply(ach[:, :, 0:1], V[at, :, 2:], out=ach[:, :, 2:])
-        A[at] += ach
+            np.multiply(g, v[:, :, 0:3], out=ach[:, :, 0:3])  # dh z, da_n, da_z
+            np.multiply(ach[:, :, 1:2], v[:, :, 3:5], out=ach[:, :, 3:5])  # da_r, da_hn
+        A[at] += ach[:, :, 1:5]
         lo2 = (j + 1) // C
         if j + 1 == W or lo2 >= nC:
             break
         k = lo2 - lo  # chains that reached step 0 drop out
-        Ff = F[at][k:]
+        nxt = Gh[lo2:].reshape(-1, H)
         if lstm:
-            Gc[lo2:] *= Ff
-            np.matmul(Ach[lo2:].reshape(-1, 4 * H), Wb, out=Gh[lo2:].reshape(-1, H))
-        else:
-            np.multiply(Gh[lo2:], Ff, out=tb[lo2:])
-            np.matmul(Ach[lo2:, :, 1:].reshape(-1, 3 * H), Wb, out=Gh[lo2:].reshape(-1, H))
-            Gh[lo2:] += tb[lo2:]
+            Gc[lo2:] *= F[at][k:]
+        np.matmul(Ach[lo2:, :, k0:5].reshape(-1, (5 - k0) * H), Wb, out=nxt)
+        if not lstm:
+            Gh[lo2:] += Ach[lo2:, :, 0]
         if j + 1 < C:  # still inside the chunk: the losses of the step before
             Gh[lo2:] += Dh[p0 - 1 + k * C : p0 - 1 + (nC - lo) * C : C]
     acc = _Grads(rec.cell, I, H, dt)
-    acc.add(A[:T].reshape(T * B, 4, H), x.reshape(T * B, I), rec.hs[:T].reshape(T * B, H))
+    acc.add(A[:T].reshape(T * B, 4 * H), x.reshape(T * B, I), rec.hs[:T].reshape(T * B, H))
     return acc
 
 
@@ -687,11 +719,9 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
     ws._states = rec.hs
     R = Wmax // C + 2
     ring: list = [None] * R  # ring[c % R]: chunk c's backward weight_hh
-    V = ws.get("g_cV", (Wmax, B, 4, H), dt)
-    Q = ws.get("g_cQ", (Wmax, B, H), dt) if cell == "lstm" else None
+    V = ws.get("g_cV", (Wmax, B, 5, H), dt)
     tmp = ws.get("g_ctmp", (Wmax, B, 3, H), dt)
-    Dh = ws.get("g_cDh", (Wmax, B, H), dt)
-    A = ws.get("g_cA", (Wmax, B, 4, H), dt)
+    A = ws.get("g_cA", (Wmax, B, 5 * H + O), dt)
     y = ws.get("g_cy", (O * C * B,), dt)
     for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
         w = _Weights(params, cell)
@@ -701,15 +731,22 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
             continue
         n, L = b - a, b - f
         value, dy = _loss(params, rec, targets, mask, loss, a, b, y[: O * n * B].reshape(O, n, B))
-        Dh[: a - f] = 0
-        np.matmul(dy.reshape(O, n * B).T, params["W_hy"], out=Dh[a - f : L].reshape(n * B, H))
-        _factors(rec, f, b, V, Q, tmp)
-        gh = np.zeros((B, H), dt)
+        W_hy = params["W_hy"]
+        # Row s - f of A: step s of the window; its tail dL/dy_{s-1}, non-zero on the chunk's own steps.
+        A[: a - f + 1, :, 5 * H :] = 0
+        A[a - f + 1 : L, :, 5 * H :] = dy[:, : n - 1].transpose(1, 2, 0)
+        gh = dy[:, n - 1].T @ W_hy  # dL/dh at the chunk's last step
         gc = np.zeros((B, H), dt)
-        Ws = [ring[(s // C) % R] for s in range(f, b)]
-        _chain(rec, V, Q, Dh, A, f, b, gh, gc, Ws, [s == f for s in range(f, b)])
+        _factors(rec, f, b, V, tmp)
+        stacked: dict = {}  # ring slot -> [that chunk's backward weight_hh; W_hy]
+        for s in range(f, b):
+            if (s // C) % R not in stacked:
+                stacked[(s // C) % R] = np.concatenate([ring[(s // C) % R], W_hy])
+        Ws = [stacked[(s // C) % R] for s in range(f, b)]
+        F = rec.gates[f:b, :, 2] if cell == "lstm" else None
+        _chain(cell, V[:L], F, A[:L], gh, gc, Ws, W_hy, [s == f for s in range(f, b)])
         acc = _Grads(cell, I, H, dt)
-        acc.add(A[:L].reshape(L * B, 4, H), x[f:b].reshape(L * B, I), rec.hs[f:b].reshape(L * B, H))
+        acc.add(A[:L].reshape(L * B, -1)[:, H : 5 * H], x[f:b].reshape(L * B, I), rec.hs[f:b].reshape(L * B, H))
         dy2 = dy.reshape(O, n * B)
         grads = acc.result(params, dy2 @ rec.hs[a + 1 : b + 1].reshape(n * B, H), dy2.sum(axis=1))
         on_chunk(c, value, grads)
@@ -721,26 +758,23 @@ def _step_jacobians(rec: _Record, w: _Weights, s: int) -> np.ndarray:
     """d state_s / d state_{s-1} (B, S, S) for step s, S = H (GRU) or 2H (LSTM, h then c)."""
     B, H = rec.hs.shape[1:]
     dt = rec.hs.dtype
-    V = np.empty((1, B, 4, H), dt)
-    Q = np.empty((1, B, H), dt) if rec.cell == "lstm" else None
-    _factors(rec, s, s + 1, V, Q, np.empty((1, B, 3, H), dt))
-    v = V[0]
+    V = np.empty((1, B, 5, H), dt)
+    _factors(rec, s, s + 1, V, np.empty((1, B, 3, H), dt))
+    v = V[0][:, :, :, None]  # (B, 5, H, 1): row scalings
     Wb = w.b_hh.reshape(-1, H, H)  # internal order blocks, rows = gate units
+    eye = np.arange(H)
     if rec.cell == "gru":
-        z = rec.gates[s, :, 1]
-        # dh/dh_prev = diag(z) + diag(v_n) [diag(r) W_hn + diag(v_r') W_hr] + diag(v_z) W_hz,
-        # v_r' = hn r(1-r): the chain through r, v_n = (1-z)(1-n^2), v_z = (h-n) z(1-z).
-        J = v[:, 0, :, None] * (v[:, 3, :, None] * Wb[2] + v[:, 2, :, None] * Wb[1])
-        J += v[:, 1, :, None] * Wb[0]
-        J[:, np.arange(H), np.arange(H)] += z
+        # dh/dh_prev = diag(z) + diag(V_n) [diag(r) W_hn + diag(V_r) W_hr] + diag(V_z) W_hz
+        J = v[:, 1] * (v[:, 4] * Wb[2] + v[:, 3] * Wb[1]) + v[:, 2] * Wb[0]
+        J[:, eye, eye] += V[0][:, 0]
         return J
     f = rec.gates[s, :, 2]
-    dc_dh = v[:, 1, :, None] * Wb[1] + v[:, 2, :, None] * Wb[2] + v[:, 3, :, None] * Wb[3]
+    dc_dh = v[:, 2] * Wb[1] + v[:, 3] * Wb[2] + v[:, 4] * Wb[3]
     J = np.zeros((B, 2 * H, 2 * H), dt)
     J[:, H:, :H] = dc_dh
-    J[:, H:, H:][:, np.arange(H), np.arange(H)] = f
-    J[:, :H, :H] = v[:, 0, :, None] * Wb[0] + Q[0][:, :, None] * dc_dh
-    J[:, :H, H:][:, np.arange(H), np.arange(H)] = Q[0] * f
+    J[:, H + eye, H + eye] = f
+    J[:, :H, :H] = v[:, 1] * Wb[0] + v[:, 0] * dc_dh  # dh/dh_prev: through o, and through c (Q)
+    J[:, eye, H + eye] = V[0][:, 0] * f
     return J
 
 
@@ -795,17 +829,16 @@ def lag_profile(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarr
     for k in ("hs", "gates", "cs", "tc", "hn"):
         if getattr(rec, k) is not None:
             getattr(rec64, k)[...] = getattr(rec, k)
-    V = np.empty((T, B, 4, H))
-    Q = np.empty((T, B, H)) if lstm else None
-    _factors(rec64, 0, T, V, Q, np.empty((T, B, 3, H)))
-    Fz = rec64.gates[:, :, 2 if lstm else 1]
+    V = np.empty((T, B, 5, H))
+    _factors(rec64, 0, T, V, np.empty((T, B, 3, H)))
+    F = rec64.gates[:, :, 2]
     Wb = w.b_hh.astype(np.float64)
     J = int(min(T - 1, max_lag))
     per_step = mask.sum(axis=1).astype(np.int64)
     from_j = np.cumsum(per_step[::-1])[::-1]
     gh = Dh.copy()  # chain t: dL_t/dh at step t - j
     gc = np.zeros_like(gh)
-    ach = np.empty((T, B, 4, H))
+    ach = np.empty((T, B, 5, H))
     hn, cn = [], []
     for j in range(J + 1):
         live = slice(j, T)  # chains t >= j, at steps 0 .. T-1-j
@@ -816,17 +849,17 @@ def lag_profile(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarr
         if j == J:
             break
         steps = slice(0, T - j)  # step of chain t at lag j is t - j
-        a = ach[: T - j]
+        a, v = ach[: T - j], V[steps]
         if lstm:
-            c += g * Q[steps]  # dc of c_{t-j}
-            np.multiply(g, V[steps, :, 0], out=a[:, :, 0])
-            np.multiply(c[:, :, None, :], V[steps, :, 1:], out=a[:, :, 1:])
-            nxt_c = c * Fz[steps]
-            nxt_h = a.reshape(-1, 4 * H) @ Wb
+            np.multiply(g[:, :, None, :], v[:, :, 0:2], out=a[:, :, 0:2])
+            c += a[:, :, 0]  # dL_t/dc_{t-j} through c_{t-j+1} and through h_{t-j}
+            np.multiply(c[:, :, None, :], v[:, :, 2:5], out=a[:, :, 2:5])
+            nxt_c = c * F[steps]
+            nxt_h = a[:, :, 1:5].reshape(-1, 4 * H) @ Wb
         else:
-            np.multiply(g[:, :, None, :], V[steps, :, :2], out=a[:, :, :2])
-            np.multiply(a[:, :, 0:1], V[steps, :, 2:], out=a[:, :, 2:])
-            nxt_h = a[:, :, 1:].reshape(-1, 3 * H) @ Wb + (g * Fz[steps]).reshape(-1, H)
+            np.multiply(g[:, :, None, :], v[:, :, 0:3], out=a[:, :, 0:3])
+            np.multiply(a[:, :, 1:2], v[:, :, 3:5], out=a[:, :, 3:5])
+            nxt_h = a[:, :, 2:5].reshape(-1, 3 * H) @ Wb + a[:, :, 0].reshape(-1, H)
             nxt_c = None
         # chain t moves to step t-j-1; chain j (at step 0) drops out
         gh[j + 1 :] = nxt_h.reshape(T - j, B, H)[1:]
