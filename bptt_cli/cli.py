@@ -298,61 +298,69 @@ def _report(path: Path, summary: dict, *, every: int | None, quiet: bool, as_jso
 
 @app.command()
 def show(
-    run_dir: Path = typer.Argument(..., help="A run directory (also one still going or killed)."),
+    paths: list[Path] = typer.Argument(..., help="Run or compare directories (or quoted globs); several are shown side by side."),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Show every N-th logged update."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    sort: Optional[str] = typer.Option(None, "--sort", help="Order the rows by a column or a config key that differs (several runs, or a compare)."),
+    format_: str = typer.Option("table", "--format", help="table, markdown, latex, csv or json: the side-by-side rows, for a paper or a script."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (one run), the results (one compare) or the rows as JSON on stdout."),
 ) -> None:
-    """Render a run's logs and summary (or a compare directory's table) from its files."""
+    """Render a run's logs and summary, a compare directory's tables, or several runs side by side,
+    grouped by the config keys that differ between them (seeds as mean ± std)."""
     from bptt_cli import compare as cmp
-    from bptt_cli import runs
+    from bptt_cli import runs, views
 
-    if cmp.is_compare_dir(run_dir):
+    if format_ not in views.FORMATS:
+        raise fail(f"--format must be one of {', '.join(views.FORMATS)}, got {format_!r}")
+    with user_errors():
+        targets = views.expand(paths)
+    one = targets[0] if len(targets) == 1 else None
+    if one is not None and cmp.is_compare_dir(one) and format_ == "table":
+        if sort is not None and sort not in render.SORT_KEYS and sort not in render.SORT_ALIASES:
+            raise fail(f"--sort must be one of {', '.join(render.SORT_KEYS)}, got {sort!r}")
         with user_errors():
-            result = cmp.collect(run_dir)
+            result = cmp.collect(one)
         if as_json:
             out.print_json(json.dumps(runs._jsonable(result)))
         else:
-            _print_compare(result, None)
+            _print_compare(result, sort)
+        return
+    if one is not None and not cmp.is_compare_dir(one) and format_ == "table" and sort is None:
+        with user_errors():
+            run = runs.load_run(one)
+        if as_json:
+            out.print_json(json.dumps(run.summary))
+            return
+        out.print(render.run_report(run, every=every))
         return
     with user_errors():
-        run = runs.load_run(run_dir)
-    if as_json:
-        out.print_json(json.dumps(run.summary))
-        return
-    out.print(render.run_report(run, every=every))
+        view = views.side_by_side(views.gather(targets, on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False)))
+        if sort is not None:
+            view = views.sort_view(view, sort)
+        if as_json or format_ != "table":
+            sys.stdout.write(views.export(view, "json" if as_json else format_, render.fmt))
+            return
+    out.print(render.side_by_side_table(view))
 
 
 @app.command("runs")
-def list_runs(root: Path = typer.Argument(Path("runs"), help="Folder to search for runs.")) -> None:
-    """List runs with name, status, task, truncation, steps and final loss."""
-    from bptt_cli import runs
+def list_runs(
+    root: Path = typer.Argument(Path("runs"), help="Folder to search for runs."),
+    task: Optional[str] = typer.Option(None, "--task", help="Only runs of this task."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status: completed, diverged, interrupted, failed, running or crashed."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only runs started since then: a duration (2d, 12h, 30m) or a date/time (2026-12-01)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
+) -> None:
+    """List runs with name, status, task, truncation, steps, final loss and eval metrics (from their summaries)."""
+    from bptt_cli import runs, views
 
     with user_errors():
-        paths = runs.find_runs(root)
-    rows = []
-    for p in paths:
-        try:
-            run = runs.load_run(p)
-        except (BpttError, OSError) as e:  # one damaged run never hides the others
-            err.print(f"skipping {p}: {e}", markup=False)
-            continue
-        s, final = run.summary, run.summary.get("final") or {}
-        evals = [f"{render._short(k[5:])} {render.fmt(v)}" for k, v in final.items() if k.startswith("eval.") and k != "eval.loss"]
-        rows.append(
-            {
-                "path": str(p),
-                "name": s.get("name", run.config.get("name")),
-                "status": s.get("status", "unknown"),
-                "task": s.get("task", (run.config.get("task") or {}).get("name")),
-                "truncation": s.get("truncation", ""),
-                "steps_done": s.get("steps_done", len({m["step"] for m in run.metrics})),
-                "steps": s.get("steps"),
-                "final_loss": final.get("train.loss"),
-                "eval": ", ".join(evals),
-            }
-        )
+        rows = views.list_runs(root, task=task, status=status, since=since, on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False))
+    if as_json:
+        out.print_json(json.dumps(runs._jsonable(rows)))
+        return
     if not rows:
-        err.print(f"no runs under {root}", markup=False)
+        filtered = task is not None or status is not None or since is not None
+        err.print(f"no runs under {root}{' match the filters' if filtered else ''}", markup=False)
         return
     for table in render.runs_tables(rows):
         out.print(table)

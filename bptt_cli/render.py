@@ -106,6 +106,7 @@ class Column:
     wrap: bool = False
     min_width: int | None = None
     compact: list[Any] | None = None  # shorter cells (a mean without its ± std) for a last try before folding
+    note: str = ""  # said under the table while the column is shown (a sparkline's scale)
 
 
 def _cell(cells: list[Any], i: int) -> Any:
@@ -119,15 +120,18 @@ class FitTable:
     are named in the caption. If the columns that never go are still too wide (a very
     narrow terminal), cells fold onto more lines rather than lose characters."""
 
-    def __init__(self, columns: Sequence[Column], *, title: str = "", caption: str = "", **table_kwargs: Any) -> None:
+    def __init__(
+        self, columns: Sequence[Column], *, title: str = "", caption: str = "", layouts: Sequence[Sequence[Column]] = (), **table_kwargs: Any
+    ) -> None:
+        # layouts: other column sets (the same rows put more compactly) tried in turn before folding
         self.columns = list(columns)
+        self.layouts = [self.columns, *(list(cols) for cols in layouts)]
         self.title, self.caption, self.kwargs = title, caption, table_kwargs
 
     def build(self, columns: Sequence[Column], *, fold: bool = False, compact: bool = False, hidden: Sequence[str] = ()) -> Table:
-        caption = self.caption
         hidden = [h.replace("\n", " ") for h in hidden] + (["± std"] if compact and any(c.compact for c in columns) else [])
-        if hidden:
-            caption = "; ".join(x for x in (caption, "left out to fit: " + ", ".join(hidden)) if x)
+        notes = [self.caption, *(c.note for c in columns), ("left out to fit: " + ", ".join(hidden)) if hidden else ""]
+        caption = "; ".join(x for x in notes if x)
         table = Table(title=self.title or None, caption=caption or None, caption_justify="left", **self.kwargs)
         for c in columns:
             # Folding, text columns (labels, ids) wrap onto more lines; numbers never do.
@@ -144,20 +148,21 @@ class FitTable:
     def fit(self, console: Console, options: ConsoleOptions) -> Table:
         width = options.max_width
         wide = options.update_width(1_000_000)
-        kept = list(self.columns)
-        hidden: list[str] = []
-        table = self.build(kept)
-        if Measurement.get(console, wide, table).maximum <= width:
-            return table
-        for c in sorted((c for c in self.columns if c.drop), key=lambda c: -c.drop):
-            kept.remove(c)
-            hidden.append(c.header)
-            table = self.build(kept, hidden=hidden)
+        for columns in self.layouts:
+            kept = list(columns)
+            hidden: list[str] = []
+            table = self.build(kept)
             if Measurement.get(console, wide, table).maximum <= width:
                 return table
-        table = self.build(kept, compact=True, hidden=hidden)
-        if Measurement.get(console, wide, table).maximum <= width:
-            return table
+            for c in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
+                kept.remove(c)
+                hidden.append(c.header)
+                table = self.build(kept, hidden=hidden)
+                if Measurement.get(console, wide, table).maximum <= width:
+                    return table
+            table = self.build(kept, compact=True, hidden=hidden)
+            if Measurement.get(console, wide, table).maximum <= width:
+                return table
         return self.build(kept, fold=True, compact=True, hidden=hidden)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -365,11 +370,56 @@ def runs_tables(rows: Iterable[dict]) -> list[FitTable]:
             Column("truncation", [str(r.get("truncation", "")) for r in members], justify="left", drop=3),
             Column("steps", [f"{fmt(r.get('steps_done'))}/{fmt(r.get('steps'))}" for r in members], drop=5),
             Column("loss", [fmt(r.get("final_loss")) for r in members], drop=2),
-            Column("eval", [r.get("eval", "") for r in members], drop=1),
+            Column("eval", [r.get("eval") or _evals_text(r.get("final") or {}) for r in members], drop=1),
         ]
         tables.append(FitTable(cols, title=parent, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1), pad_edge=False,
                                collapse_padding=True, show_edge=False))  # fmt: skip
     return tables
+
+
+def _evals_text(final: dict) -> str:
+    return ", ".join(f"{_short(k[5:])} {fmt(v)}" for k, v in final.items() if k.startswith("eval.") and k != "eval.loss")
+
+
+def side_by_side_table(view: dict) -> FitTable:
+    """``bptt show A B ...``: one row per group of runs (``views.side_by_side``), a column per
+    config key that differs between them, mean ± std over seeds, the best value in bold green.
+    Narrow: timing goes first, then the update count, run count and training loss."""
+    from bptt_cli import views
+
+    rows, keys = view["rows"], view["keys"]
+    labels = [Column(k, [_text_of(r.get(k)) for r in rows], justify="left") for k in keys]
+    if not keys:
+        labels = [Column("run", [r["label"] for r in rows], justify="left")]
+    # Narrower: the keys that differ as key=value lines of one column.
+    stacked = [Column("config", ["\n".join(f"{k}={_text_of(r.get(k))}" for k in keys) or r["label"] for r in rows], justify="left")]
+    cols: list[Column] = []
+    cols.append(Column("runs", [str(r["runs"]) for r in rows], drop=3))
+    cols.append(Column("status", [_status_cell(r["statuses"]) for r in rows], justify="left"))
+    drops = {"ms_per_update": 6, "updates": 5, "train_loss": 2}
+    chance = view.get("chance") or {}
+    for col in view["columns"]:
+        vals = [r[col] for r in rows if r.get(col) is not None]
+        lower = col in views.LOWER_IS_BETTER
+        best = (min(vals) if lower else max(vals)) if len(vals) > 1 and col != "updates" else None
+        header = views.header_of(col)
+        if col.startswith("eval_") and chance.get(col[5:]) is not None and col != "eval_loss":
+            header += f"\n(chance {fmt(chance[col[5:]])})"
+        cells, compact = [], []
+        for r in rows:
+            v, sd = r.get(col), r.get(col + "_std")
+            style = "bold green" if best is not None and v == best else ""
+            main = fmt(_round(v)) if col == "updates" else fmt(v)
+            compact.append(Text(main, style=style))
+            cells.append(Text(main + (f" ± {fmt(sd, 2)}" if sd is not None and col != "updates" else ""), style=style))
+        cols.append(Column(header, cells, drop=drops.get(col, 0), compact=compact))
+    return FitTable([*labels, *cols], layouts=[stacked + cols] if len(keys) > 1 else (), title=view.get("title") or "Runs side by side",
+                    box=box.SIMPLE_HEAD, title_justify="left", caption="mean ± std over seeds" if any(r["runs"] > 1 for r in rows) else "",
+                    show_lines=False)  # fmt: skip
+
+
+def _text_of(v: Any) -> str:
+    return "none" if v is None else str(v)
 
 
 def tasks_table(tasks: list[dict]) -> Table:
@@ -512,12 +562,11 @@ def _compare_table(
             compact.append(Text(fmt(v), style=style))
             cells.append(Text(fmt(v) + (f" ± {fmt(sd, 2)}" if sd is not None else ""), style=style))
         out.append(Column(header, cells, drop=drop, compact=compact))
-    caption = ""
     if curves:
         scale = spark_scale(r.get("loss_curve") or [] for r in rows)
-        out.append(Column("loss curve", [sparkline(r.get("loss_curve") or [], width=16, scale=scale) for r in rows], justify="left", drop=6))
-        caption = _scale_text(scale)
-    return FitTable(out, title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
+        out.append(Column("loss curve", [sparkline(r.get("loss_curve") or [], width=16, scale=scale) for r in rows],
+                          justify="left", drop=6, note=_scale_text(scale)))  # fmt: skip
+    return FitTable(out, title=title, box=box.SIMPLE_HEAD, title_justify="left")
 
 
 def _round(v: Any) -> Any:

@@ -1,0 +1,199 @@
+"""Runs side by side (bptt show A B, --sort, --format), bptt runs (--json, filters, a
+summary-only read) and tables in narrow terminals, rendered on Console(width=60/80/120)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bptt_cli import render, runs, views
+
+from conftest import SMALL, sets, stderr_of  # noqa: E402  (tests/ is on sys.path under pytest)
+
+ROOT = Path(__file__).resolve().parents[1]
+DELAY = ROOT / "configs" / "delay.yaml"
+TINY = (*SMALL, "train.steps=6", "train.eval_every=3")
+
+
+def text_of(*renderables, width: int) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    for r in renderables:
+        console.print(r)
+    return console.file.getvalue()
+
+
+def widest(text: str) -> int:
+    return max(len(line.rstrip()) for line in text.splitlines())
+
+
+# -- narrow terminals -----------------------------------------------------------------------
+def _compare_result() -> dict:
+    def row(group, eval_loss, acc, curve):
+        return {"group": group, "mode": group, "grid": {}, "seeds": 3, "eval_loss": eval_loss, "eval_loss_std": 0.0123,
+                "train_loss": eval_loss, "train_loss_std": 0.01, "metric_value": acc, "metric_value_std": 0.0051,
+                "metric": "accuracy", "chance": 0.125, "statuses": {"completed": 3}, "loss_curve": curve,
+                "updates": 600.0, "sequences": 19200.0, "grad_norm_median": 0.1678, "grad_norm_max": 0.6742,
+                "clipped_share": 0.0, "ms_per_update": 2.012, "ms_per_sequence": 0.0629,
+                "bias_cosine_mean": 0.36, "bias_cosine_last": 0.31, "bias_rel_error_mean": 0.9, "bias_rel_error_last": 0.95}  # fmt: skip
+
+    return {"name": "delay", "budget": "sequences", "rows": [
+        row("full", 0.006448, 0.9344, [2.08, 1.0, 0.07]),
+        row("k_truncated:4", 2.009, 0.2119, [2.08, 1.95, 1.90]),
+    ]}  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_compare_tables_keep_outcomes_and_drop_the_sparkline_then_cost(width):
+    tables = render.compare_tables(_compare_result())
+    outcome, cost = text_of(tables[0], width=width), text_of(tables[1], width=width)
+    assert widest(outcome) <= width and widest(cost) <= width
+    for text in ("0.9344", "0.2119", "0.006448", "2.009", "3/3 ok", "k_truncated:4", "(chance 0.125)"):
+        assert text in outcome, (width, text)  # never a digit cut, never the accuracy or losses dropped
+    assert "…" not in outcome + cost
+    if width == 120:
+        assert "loss curve" in outcome and "left out" not in outcome
+    else:
+        assert "loss curve" not in outcome.split("left out")[0] and "left out to fit: loss curve" in outcome
+    if "|g| median" in cost and "ms/update" not in cost.split("left out")[0]:
+        assert "left out to fit: ms/seq, ms/update" in cost  # cost goes before the gradient columns
+
+
+def test_sparklines_of_one_table_share_one_scale():
+    scale = render.spark_scale([[2.08, 1.0, 0.07], [2.08, 1.95, 1.90]])
+    falls, flat = render.sparkline([2.08, 1.0, 0.07], scale=scale), render.sparkline([2.08, 1.95, 1.90], scale=scale)
+    assert falls[-1] == "▁" and flat[-1] not in "▁▂▃"  # 1.90 stays high on the shared scale
+    assert render.sparkline([2.08, 1.95, 1.90])[-1] == "▁"  # on its own scale it would look like a fall
+    assert render.spark_scale([[100.0, 1.0], [0.5]])[2] is True  # two decades and more: log scale
+
+
+def test_the_metrics_table_never_cuts_a_number_at_60_columns():
+    metrics = [{"step": s, "update": s, "loss": 0.9344, "grad_norm": 1.2345, "clipped_norm": 1.2345, "clipped": s == 2} for s in (1, 2)]
+    evals = [{"step": 2, "update": 2, "loss": 0.5, "accuracy": 0.9344, "error_rate": 0.0656}]
+    for width in (60, 80):
+        text = text_of(render.metrics_table(metrics, evals), width=width)
+        assert widest(text) <= width and "…" not in text
+        assert "0.9344" in text and "0.0656" in text and "1.234" in text
+        assert not re.search(r"\s0\s*$", text.splitlines()[4])  # 0.9344 never shows as 0
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_run_ids_are_never_cut(width):
+    rows = [{"path": f"runs/quickstart/20240101T00000{i}Z-abcdef", "name": "quickstart", "status": "completed", "task": "delay",
+             "truncation": "tbptt:5:20", "steps_done": 400, "steps": 400, "final_loss": 0.1234,
+             "final": {"eval.loss": 0.2, "eval.accuracy": 0.9344}} for i in range(3)]  # fmt: skip
+    text = text_of(*render.runs_tables(rows), width=width)
+    for i in range(3):
+        assert f"20240101T00000{i}Z-abcdef" in text
+    assert "…" not in text and widest(text) <= width
+
+
+# -- bptt show A B ..., --sort, --format -------------------------------------------------------
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict:
+    """A compare (full and k_truncated:1, 2 seeds) and a lone run with another hidden size."""
+    from typer.testing import CliRunner
+
+    from bptt_cli.cli import app
+
+    root = tmp_path_factory.mktemp("views")
+    runner = CliRunner()
+    r = runner.invoke(app, ["compare", str(DELAY), "--runs-root", str(root), *sets(*TINY), "--modes", "full,k_truncated:1",
+                            "--seeds", "2", "--workers", "1", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (cmp_dir,) = (root / "delay").glob("compare-*")
+    lone = root / "lone"
+    r = runner.invoke(app, ["train", str(DELAY), "--run-dir", str(lone), *sets(*TINY, "model.hidden=6", "truncation.mode=full"), "-q"])
+    assert r.exit_code == 0, r.output
+    return {"root": root, "compare": cmp_dir, "lone": lone}
+
+
+def test_show_several_runs_groups_them_by_the_keys_that_differ(invoke, made):
+    view = views.side_by_side(views.gather([made["compare"], made["lone"]]))
+    assert view["keys"] == ["model.hidden", "truncation.mode"]
+    by = {(r["model.hidden"], r["truncation.mode"]): r for r in view["rows"]}
+    assert set(by) == {(8, "full"), (8, "k_truncated:1"), (6, "full")}
+    assert by[(8, "full")]["runs"] == 2 and by[(8, "full")]["seeds"] == [0, 1] and by[(6, "full")]["runs"] == 1
+    finals = [json.loads((made["compare"] / f"full_seed{s}" / "summary.json").read_text())["final"]["eval.loss"] for s in (0, 1)]
+    assert by[(8, "full")]["eval_loss"] == pytest.approx(sum(finals) / 2)
+    assert "task delay" in view["title"]
+
+    result = invoke("show", made["compare"], made["lone"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "k_truncated:1" in result.stdout and "eval accuracy" in result.stdout and "2/2 ok" in result.stdout
+
+
+def test_show_takes_a_quoted_glob_and_sorts(invoke, made):
+    result = invoke("show", str(made["compare"] / "*_seed*"), "--sort", "eval_loss", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    losses = [float(r["eval_loss_mean"]) for r in rows]
+    assert len(rows) == 2 and losses == sorted(losses)
+    assert [r["runs"] for r in rows] == ["2", "2"] and rows[0]["truncation.mode"] in ("full", "k_truncated:1")
+
+
+@pytest.mark.parametrize("fmt, marker", [("markdown", "| --- |"), ("latex", "\\begin{tabular}"), ("json", '"rows"')])
+def test_show_exports_the_rows_for_a_paper(invoke, made, fmt, marker):
+    result = invoke("show", made["compare"], made["lone"], "--format", fmt)
+    assert result.exit_code == 0, result.output
+    assert marker in result.stdout
+    assert ("k\\_truncated:1" if fmt == "latex" else "k_truncated:1") in result.stdout
+    if fmt == "json":
+        assert len(json.loads(result.stdout)["rows"]) == 3
+
+
+def test_show_refuses_a_bad_sort_key_format_or_path(invoke, made):
+    result = invoke("show", made["compare"], made["lone"], "--sort", "nope")
+    assert result.exit_code == 2 and "--sort 'nope': sort by one of train_loss, eval_loss" in stderr_of(result)
+    result = invoke("show", made["lone"], "--format", "html")
+    assert result.exit_code == 2 and "--format must be one of table, markdown, latex, csv, json" in stderr_of(result)
+    result = invoke("show", made["lone"], str(made["root"] / "nothing-*"))
+    assert result.exit_code == 2 and "matches no file or folder" in stderr_of(result)
+
+
+def test_show_of_one_run_and_one_compare_is_as_before(invoke, made):
+    result = invoke("show", made["lone"])
+    assert result.exit_code == 0 and "Training log" in result.stdout and "Summary" in result.stdout
+    result = invoke("show", made["compare"], "--sort", "bias_cosine")  # an old sort name still works
+    assert result.exit_code == 0 and "Compare delay: outcome" in result.stdout
+
+
+# -- bptt runs --------------------------------------------------------------------------------
+def test_runs_json_and_filters(invoke, made):
+    result = invoke("runs", made["root"], "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 5 and all(r["status"] == "completed" and r["task"] == "delay" for r in rows)
+    assert {r["final"]["eval.accuracy"] is not None for r in rows} == {True}
+    assert json.loads(invoke("runs", made["root"], "--json", "--status", "diverged").stdout) == []
+    assert len(json.loads(invoke("runs", made["root"], "--json", "--task", "delay", "--since", "1d").stdout)) == 5
+    assert json.loads(invoke("runs", made["root"], "--json", "--since", "2999-01-01").stdout) == []
+    result = invoke("runs", made["root"], "--since", "yesterday")
+    assert result.exit_code == 2 and "--since takes a duration (2d, 12h, 30m) or a date/time" in stderr_of(result)
+    result = invoke("runs", made["root"], "--status", "done")
+    assert result.exit_code == 2 and "--status must be one of running, completed" in stderr_of(result)
+
+
+def test_runs_reads_summaries_only(invoke, made, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("bptt runs parsed a log")
+
+    monkeypatch.setattr(runs, "read_jsonl", refuse)
+    result = invoke("runs", made["root"])
+    assert result.exit_code == 0, result.output
+    assert "lone" in result.stdout and "full_seed1" in result.stdout
+
+
+def test_a_listed_crash_takes_its_last_step_from_the_end_of_the_log(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: r\n", encoding="utf-8")
+    (run / "summary.json").write_text(json.dumps({"status": "running", "name": "r", "task": "delay"}), encoding="utf-8")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "update": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)) + '{"step": 4', encoding="utf-8")
+    (row,) = views.list_runs(tmp_path)
+    assert row["status"] == "crashed" and row["steps_done"] == 3
