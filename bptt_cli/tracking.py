@@ -540,8 +540,7 @@ def export(paths: Iterable[Path], to: str, *, uri: str | None = None, experiment
         if on_done is not None:
             on_done(row)
 
-    for path in paths:
-        path = Path(path)
+    for path in _expand(paths):
         if (path / "plan.json").is_file():
             _export_compare(path, to, uri, experiment, done)
         elif runs.is_run_dir(path):
@@ -549,6 +548,24 @@ def export(paths: Iterable[Path], to: str, *, uri: str | None = None, experiment
         else:
             raise TrackingError(f"{path} is neither a run directory (config.yaml) nor a compare directory (plan.json)")
     return rows
+
+
+def _expand(paths: Iterable[Path]) -> list[Path]:
+    """Each path, a pattern with * ? [ that names none expanded (a glob the shell did not see,
+    being quoted); TrackingError for a pattern that matches nothing."""
+    import glob
+
+    out: list[Path] = []
+    for p in paths:
+        text = str(p)
+        if not os.path.lexists(text) and any(c in text for c in "*?["):
+            found = sorted(glob.glob(text))
+            if not found:
+                raise TrackingError(f"{text} matches no run or compare directory")
+            out.extend(Path(f) for f in found if Path(f).is_dir() and ((Path(f) / "plan.json").is_file() or runs.is_run_dir(Path(f))))
+        else:
+            out.append(Path(p))
+    return out
 
 
 def _target(to: str, uri: str | None, experiment: str | None, info: RunInfo, parent: str | None = None):

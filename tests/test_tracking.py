@@ -250,6 +250,23 @@ def test_export_sends_existing_runs_and_skips_them_the_second_time(tmp_path, mlf
     assert [r["status"] for r in again] == ["skipped"] and again[0]["where"] == rows[0]["where"]
 
 
+def test_bptt_export_expands_a_quoted_glob_and_reports_each_run(tmp_path):
+    read = _tensorboard()
+    from typer.testing import CliRunner
+
+    from bptt_cli.cli import app
+
+    for name in ("a1", "a2"):
+        _run(tmp_path, name)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "a*"), "--to", "tensorboard", "--uri", str(tmp_path / "tb")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("exported: ") == 2, result.output
+    for name in ("a1", "a2"):
+        assert len(read(tmp_path / "tb" / tmp_path.name / name).Scalars("train/loss")) == 6
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "zz*"), "--to", "tensorboard"])
+    assert result.exit_code == 2 and "matches no run" in result.output, result.output
+
+
 def test_export_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(tracking.TrackingError, match="neither a run directory"):
         tracking.export([tmp_path], "tensorboard")
