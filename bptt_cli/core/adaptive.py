@@ -47,11 +47,11 @@ def estimate_decay(lag_norms, *, burn_in: int = BURN_IN) -> float:
 
     lag_norms[j] = mean ||dL_t/dh_{t-j}|| (``gradient_flow(...)["norms"]``). If fewer than two
     lags lie past the burn-in, the burn-in shrinks to keep two (a short profile is fitted
-    whole). Lags with a zero norm are left out of the fit; when fewer than two non-zero ones
+    whole). Lags with a zero (or None) norm are left out of the fit; when fewer than two non-zero ones
     remain (nothing flows that far back), beta = 0. A non-finite norm (an overflowing
     gradient) gives beta = inf, so K goes to its largest value.
     """
-    norms = [float(v) for v in lag_norms]
+    norms = [0.0 if v is None else float(v) for v in lag_norms]  # None (no data at that lag): left out
     if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)) or burn_in < 0:
         raise InvalidInputError(f"burn_in must be an integer >= 0, got {burn_in!r}")
     if any(v < 0 or math.isnan(v) for v in norms):
@@ -109,14 +109,17 @@ def adapt(
     max_lag: int = MAX_LAG,
     hs: np.ndarray | None = None,
     workspace=None,
+    cell: str = "elman",
 ) -> tuple[int, float]:
     """(K, beta) for this batch and these weights: the lag profile up to max_lag (capped at
     T-1), beta from ``estimate_decay``, K from ``choose_k``. Shapes as in
     ``diagnostics.gradient_flow``, which computes the profile (``hs`` and ``workspace`` are
     passed on to it: a training step's states spare the forward pass). Nothing is modified.
+    ``cell`` gru or lstm: the profile of dL_t/dh_{t-j} of the gated engine (for the LSTM, of
+    h; the cell state's own profile is not used).
     """
     T = np.shape(x)[0]
     flow = gradient_flow(params, x, targets, mask, activation=activation, loss=loss, h0=h0,
-                         max_lag=max(0, min(int(max_lag), T - 1)), hs=hs, workspace=workspace)
+                         max_lag=max(0, min(int(max_lag), T - 1)), hs=hs, workspace=workspace, cell=cell)
     beta = estimate_decay(flow["norms"], burn_in=burn_in)
     return choose_k(beta, delta, kmin, kmax, T), beta
