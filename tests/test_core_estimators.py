@@ -292,3 +292,22 @@ def test_modes_without_a_fixed_window_are_refused_where_one_is_needed():
     with pytest.raises(InvalidInputError, match="draws its windows at random"):
         parse("random_k:3").chunk_and_window(8)
     assert parse("artbp:3.4").chunk_length(8) == 3  # the mean segment, for planning; chunk_bounds has the real ones
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_adapt_takes_the_gated_cells_profile(cell):
+    from bptt_cli.core import diagnostics, gated
+
+    rng = np.random.default_rng(4)
+    p = gated.init_params(cell, 3, 5, 4, rng=rng, dtype=np.float64)
+    x = rng.normal(size=(20, 2, 3))
+    tg = rng.integers(0, 4, (20, 2))
+    m = np.ones((20, 2))
+    K, beta = adaptive.adapt(p, x, tg, m, activation="tanh", loss="cross_entropy", delta=0.1, cell=cell)
+    flow = diagnostics.gradient_flow(p, x, tg, m, activation="tanh", loss="cross_entropy", max_lag=19, cell=cell)
+    assert beta == adaptive.estimate_decay(flow["norms"])
+    assert K == adaptive.choose_k(beta, 0.1, 1, None, 20) and 1 <= K <= 19
+
+
+def test_estimate_decay_leaves_out_lags_without_data():
+    assert adaptive.estimate_decay([1.0, 0.5, None, 0.125, 0.0625], burn_in=0) == pytest.approx(0.5)
