@@ -794,7 +794,8 @@ def chunked_pass(
     hs = ws.get("hs", (T + 1, B, H), dt)
     hs[0] = 0 if h0 is None else h0
     ws._states = hs
-    y_flat = ws.get("chunk_y", (O * C * B,), dt)
+    # artbp's longest segment changes from pass to pass: a buffer for T steps is allocated once
+    y_flat = ws.get("chunk_y", (O * (T if comp is not None else C) * B,), dt)
     if not overlap and C <= _block_steps(T, B, max(H, O), dt):
         _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervised, on_chunk, activation, loss, ws,
                       comp)
@@ -866,7 +867,7 @@ def _small_chunks(params, x, targets, mask, hs, y_flat, firsts, lasts, supervise
     layout = _grads_layout(params)
     zeros = ws.get("zeros_grads", (layout[0],), dt)  # zeros @ grads is 0, or NaN if one is not finite
     phi, tanh = ACTIVATIONS[activation][0], activation == "tanh"
-    views: dict = {}  # chunk length -> the work buffers' views for it (at most two lengths)
+    views: dict = {}  # chunk length -> the work buffers' views for it (two lengths; artbp's vary)
 
     def views_for(n: int) -> tuple:
         N = n * B
