@@ -42,6 +42,7 @@ from bptt_cli import runs
 from bptt_cli.core.errors import BpttError
 
 WAIT = 60.0  # seconds the end of a run waits for a backend to send what is still queued
+MAX_QUEUED = 100_000  # records waiting for one backend before it is given up on (memory stays bounded)
 PLOT = "plot.png"
 COMPARE_FILE = "tracking.json"  # in a compare directory: the MLflow parent run of its variants
 _STATUS = {"completed": "FINISHED", "diverged": "FINISHED", "interrupted": "KILLED"}  # else FAILED
@@ -257,7 +258,7 @@ class MLflow:
         return found[0].info.run_id if found else None
 
     def start(self, info: RunInfo) -> dict:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         client = self._connect()
         exp_name = self.experiment or str(info.config.get("name") or "bptt")
@@ -265,7 +266,9 @@ class MLflow:
         parent = self.parent
         if parent is None and info.compare_dir is not None:
             parent = (_read_compare_file(info.compare_dir).get("mlflow") or {}).get("run_id")
-        old = (info.previous.get("mlflow") or {}).get("run_id") if info.resume_update is not None else None
+        before = info.previous.get("mlflow") or {}
+        same_store = before.get("uri") in (None, client.tracking_uri) and before.get("experiment_id") in (None, exp_id)
+        old = before.get("run_id") if info.resume_update is not None and same_store else None
         if old is None and info.resume_update is not None:
             old = self.find_run(exp_id, "bptt.run_dir", str(info.run_dir))
         if old is not None:
@@ -285,7 +288,6 @@ class MLflow:
         out = {"uri": client.tracking_uri, "experiment": exp_name, "experiment_id": exp_id, "run_id": self.run_id}
         if parent:
             out["parent_run_id"] = parent
-        self._tags = RunTag
         return out
 
     def log(self, x: int, values: dict[str, float]) -> None:
@@ -355,8 +357,12 @@ class _Worker:
         self._thread.start()
 
     def put(self, *call) -> None:
-        if self.result["status"] != "failed":
-            self._queue.put(call)
+        if self.result["status"] == "failed":
+            return
+        if self._queue.qsize() >= MAX_QUEUED:  # a backend stuck (a server that never answers): stop feeding it
+            self.result.update(status="failed", error=f"fell behind ({MAX_QUEUED:,} records waiting); dropped (the run went on)")
+            return
+        self._queue.put(call)
 
     def _loop(self) -> None:
         while True:
@@ -368,6 +374,8 @@ class _Worker:
             what, args = call[0], call[1:]
             try:
                 out = getattr(self.backend, what)(*args)
+                if self.result["status"] == "failed":  # given up on from outside meanwhile
+                    continue
                 if what == "start":
                     self.result.update(out or {}, status="ok")
                 elif what == "finish":

@@ -160,6 +160,25 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(tmp_path, mlflow_uri):
     assert _client(mlflow_uri).get_run(run_id).info.status == "FINISHED"
 
 
+def test_tensorboard_keeps_one_value_per_update_across_a_hard_stop_and_resume(tmp_path):
+    read = _tensorboard()
+    d = tmp_path / "run"
+    d.mkdir()
+    cfg = _cfg("tracking.tensorboard=true", "train.checkpoint_every=2")
+
+    def kill_at_step_3(ev):
+        if ev.kind == "step" and ev.data["step"] == 3:
+            raise KeyboardInterrupt  # after step 3 was logged; the checkpoint is step 2's
+
+    first = execute(cfg, d, on_event=kill_at_step_3)
+    assert first["status"] == "interrupted" and first["steps_done"] == 3
+    assert execute(cfg, d, resume=True)["status"] == "completed"
+    loss = read(d / "tensorboard").Scalars("train/loss")
+    metrics = runs.read_jsonl(d / "metrics.jsonl")[0]
+    assert [e.step for e in loss] == [1, 2, 3, 4, 5, 6]  # step 3's first value was purged
+    assert [e.value for e in loss] == [float(np.float32(m["loss"])) for m in metrics]
+
+
 def test_a_compare_groups_its_variants(tmp_path, mlflow_uri, monkeypatch):
     read = _tensorboard()
     from typer.testing import CliRunner
