@@ -115,7 +115,13 @@ class TaskConfig(_Section):
 
     @model_serializer(mode="wrap")
     def _flat(self, handler) -> dict[str, Any]:
-        return {"name": self.name, **handler(self)["params"]}
+        params = handler(self)["params"]
+        # Parameters a task added later stay out of the data at their default, so earlier
+        # configs dump and digest as before (a resume compares digests).
+        for p in get_task_class(self.name).params:
+            if p.name in getattr(get_task_class(self.name), "quiet_defaults", ()) and params.get(p.name) == p.default:
+                params.pop(p.name)
+        return {"name": self.name, **params}
 
 
 class MatrixInit(_Section):

@@ -56,6 +56,7 @@ class TemporalOrderTask(Task):
         Param("variant", "basic", "basic (6 symbols, length L) or hochreiter (task 6a: 8 symbols, markers, L .. 1.1 L)", str),
     )
     loss = "cross_entropy"
+    quiet_defaults = ("variant",)  # left out of a dumped config at its default (schema.py)
 
     @classmethod
     def _check_combination(cls, p: dict) -> None:

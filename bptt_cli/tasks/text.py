@@ -76,6 +76,7 @@ class TextTask(Task):
     )
     loss = "cross_entropy"
     stateful = True
+    quiet_defaults = ("reset_state_at_end",)  # left out of a dumped config at its default (schema.py)
 
     path: Path | None  # the text file, resolved to an absolute path (None: the generated corpus)
     data_hash: str  # "sha256:<hex>" of the text's bytes
