@@ -223,7 +223,7 @@ def measure_mode(problem: Problem, spec: str | Truncation, g_full: list[np.ndarr
     k = None
     if ks:
         k = ks[0] if len(set(ks)) == 1 else f"{min(ks)}-{max(ks)}"
-        note += f"; K = {k}" + (f", beta = {np.mean(betas):.3g}" if betas else "")
+        note = f"K = {k}" + (f", beta {np.mean(betas):.3g}" if betas else "") + " (det. given K)"
     return {
         "mode": str(tr),
         "kind": kind,

@@ -211,6 +211,10 @@ class Trainer:
             # random_k / artbp draw from the run's seed and the step alone, so a resume is exact
             extra = {"rng": self._rng(step)} if self.truncation.random else {}
             C = self.truncation.chunk_length(batch.x.shape[0]) if self.chunked else batch.x.shape[0]
+            artbp_weight = None  # artbp chunks: the supervised entries of a segment of mean length
+            if self.chunked and self.truncation.mode == "artbp":
+                T = batch.x.shape[0]
+                artbp_weight = float(batch.mask.sum()) * min(self.truncation.mean, T) / T
 
             def apply(chunk: int, loss: float, grads: dict) -> None:
                 if self.truncation.mode == "artbp" and self.chunked:  # its chunks are drawn per pass
@@ -219,6 +223,11 @@ class Trainer:
                 else:
                     n = float(batch.mask[chunk * C : (chunk + 1) * C].sum())
                 scale = n if summed else None  # loss_reduction sum: the mean's loss and gradient times n
+                if artbp_weight is not None and not summed:
+                    # artbp's segments are drawn: a segment's mean loss would weigh each of its losses by
+                    # 1/length, which depends on the cuts and biases the estimate towards short segments;
+                    # length / (mean length) weighs every loss alike, as the paper's summed losses do
+                    scale = n / artbp_weight
                 scored.append((loss * n if summed else loss, n))
                 records.append(
                     self.apply_update(state, grads, loss=scored[-1][0], step=step + 1, chunk=chunk, clock=clock, scale=scale)
