@@ -141,7 +141,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Write the run here (new or empty folder)."),
     runs_root: Path = typer.Option(Path("runs"), "--runs-root", help="Parent of new run directories."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory from its checkpoint; with --set train.steps=N, extend a finished run to N steps."),
     smoke: bool = typer.Option(False, "--smoke", help="Shrink the config to a few updates (CI smoke run)."),
     expect: list[str] = typer.Option([], "--expect", help="Check a final metric, e.g. 'eval.accuracy>=0.9' (repeatable); exit 1 if not met."),
     every: Optional[int] = typer.Option(None, "--every", min=1, help="Show every N-th logged update in the table."),

@@ -599,7 +599,7 @@ def _export_run(path: Path, to: str, uri: str | None, experiment: str | None, pa
             exp_id = backend.experiment_id(experiment or str(run.config.get("name") or "bptt"))
             found = backend.find_run(exp_id, "bptt.run_dir", str(info.run_dir))
             if found:
-                return {**row, "status": "skipped", "where": found, "why": "already in MLflow (run id shown)"}
+                return {**row, "status": "skipped", "where": found, "why": f"already in MLflow as run {found}"}
         where = backend.start(info)
         for log in runs.LOGS:
             for rec in getattr(run, log):
