@@ -189,11 +189,13 @@ def test_resume_of_a_folder_that_is_not_a_run(invoke, tmp_path):
     assert_user_error(result, "not a run directory")
 
 
-def test_resume_takes_no_config_or_overrides(invoke, tmp_path, small):
+def test_resume_takes_no_config_and_no_override_but_more_steps(invoke, tmp_path, small):
     run = tmp_path / "r"
     assert invoke("train", "--run-dir", run, *[a for s in small for a in ("--set", s)], "-q").exit_code == 0
-    result = invoke("train", "--resume", run, "--set", "train.steps=20")
+    result = invoke("train", run / "config.yaml", "--resume", run)
     assert_user_error(result, "--resume takes the config from the run directory")
+    result = invoke("train", "--resume", run, "--set", "model.hidden=3")  # extending: tests/test_api.py
+    assert_user_error(result, "--resume may change only train.steps")
 
 
 def test_a_missing_text_file_is_a_user_error(invoke, tmp_path):
