@@ -4,6 +4,7 @@
     python benchmarks/bench_vs_torch.py             # configs A-D, float32 and float64, median of 20
     python benchmarks/bench_vs_torch.py --quick     # smoke run: config A and B only, median of 5
     python benchmarks/bench_vs_torch.py --configs A D --dtypes float32 --repeats 40
+    python benchmarks/bench_vs_torch.py --cells gru lstm   # the gated rows only (issue 14)
 
 On processors where the environment sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, unset both
 together for the one benchmark command (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
@@ -17,6 +18,14 @@ same weights and their losses and gradients are compared in float64. Target rows
 thread on both sides (threadpoolctl for NumPy's BLAS, ``torch.set_num_threads(1)``); the
 two-thread rows are information only (timings of small matmuls on two threads are noisy on
 2-core VMs). Runs alternate bptt / torch / bptt / ...; the ratio is torch / bptt medians.
+
+Gated cells (issue 14, ``--cells gru lstm``): the same update with ``core/gated.py`` against
+``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``nn.Linear`` + SGD, float32, one thread each side,
+after the same float64 cross-check. Per cell the table prints the NumPy calls per time step
+(forward and backward chain) and where an update's time goes: BLAS (the update's matmuls,
+same shapes and count, replayed alone), Python and call overhead (the update's NumPy calls
+times the cost of one call on a 1-element array) and elementwise work (the rest); and, on
+config A, gated ``k_truncated:20`` against gated ``full`` (same run).
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ import _common
 import numpy as np
 from rich.table import Table
 
+from bptt_cli.core import gated
 from bptt_cli.core.bptt import Workspace, loss_and_gradients
 
 TARGETS = {"A": 1.8, "B": 3.0, "C": 1.8, "D": 1.25}  # float32; float64 must reach 1.0 everywhere
+GATED_TARGETS = {"gru": {"A": 1.3, "B": 1.5, "C": 1.3}, "lstm": {"A": 1.0, "B": 1.5, "C": 1.0}}  # float32; D reported
+K20_TARGET = 6.0  # gated k_truncated:20 / gated full, config A
 LR = 1e-3
 
 try:
@@ -103,6 +115,171 @@ def make_updates(cfg: _common.Config, dt):
     return bptt_update, torch_update
 
 
+class TorchGated(torch.nn.Module):
+    def __init__(self, cell: str, params: dict, dtype) -> None:
+        super().__init__()
+        H, I = params["weight_hh"].shape[1], params["weight_ih"].shape[1]
+        O = params["W_hy"].shape[0]
+        self.rnn = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(I, H, dtype=dtype)  # time-major
+        self.out = torch.nn.Linear(H, O, dtype=dtype)
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(self.rnn, name + "_l0").copy_(torch.from_numpy(params[name]))
+            self.out.weight.copy_(torch.from_numpy(params["W_hy"]))
+            self.out.bias.copy_(torch.from_numpy(params["b_y"]))
+
+    def loss(self, x, targets):
+        h, _ = self.rnn(x)
+        y = self.out(h)
+        return F.cross_entropy(y.reshape(-1, y.shape[-1]), targets.reshape(-1))
+
+
+def gated_problem(cell: str, cfg: _common.Config, dt, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = gated.init_params(cell, cfg.I, cfg.H, cfg.O, rng=rng, dtype=dt)
+    x = rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(dt)
+    targets = rng.integers(0, cfg.O, size=(cfg.T, cfg.B))
+    return params, x, targets, np.ones((cfg.T, cfg.B), dtype=dt)
+
+
+def check_gated_math(cell: str, cfg: _common.Config) -> float:
+    """Max relative difference of loss and gradients between the gated engine and torch, float64."""
+    params, x, targets, mask = gated_problem(cell, cfg, np.float64, seed=1)
+    loss, g, _ = gated.loss_and_gradients(params, x, targets, mask, "full", cell=cell)
+    model = TorchGated(cell, params, torch.float64)
+    tl = model.loss(torch.from_numpy(x), torch.from_numpy(targets))
+    tl.backward()
+    tg = {k: getattr(model.rnn, k + "_l0").grad for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    tg["W_hy"], tg["b_y"] = model.out.weight.grad, model.out.bias.grad
+    errs = [abs(loss - tl.item()) / abs(tl.item())]
+    errs += [np.abs(g[k] - tg[k].numpy()).max() / np.abs(tg[k].numpy()).max() for k in g]
+    return max(errs)
+
+
+def make_gated_updates(cell: str, cfg: _common.Config, dt, modes=("full",)):
+    params, x, targets, mask = gated_problem(cell, cfg, dt)
+    ws = Workspace()
+
+    def update_for(mode: str):
+        def bptt_update():
+            _, grads, _ = gated.loss_and_gradients(params, x, targets, mask, mode, cell=cell, workspace=ws)
+            for k, g in grads.items():
+                params[k] -= LR * g
+
+        return bptt_update
+
+    tdt = torch.float32 if dt == np.float32 else torch.float64
+    model = TorchGated(cell, params, tdt)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    tx, tt = torch.from_numpy(x.copy()), torch.from_numpy(targets.copy())
+
+    def torch_update():
+        opt.zero_grad(set_to_none=True)
+        model.loss(tx, tt).backward()
+        opt.step()
+
+    return {mode: update_for(mode) for mode in modes}, torch_update
+
+
+def gated_matmuls(cell: str, cfg: _common.Config, dt):
+    """The matmuls of one gated full-BPTT update, same shapes and count, as a function."""
+    G = gated.GATES[cell]
+    T, B, H, I, O = cfg.T, cfg.B, cfg.H, cfg.I, cfg.O
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(dt)
+
+    x, W_ih, W_hh, h = r(T * B, I), r(I, G * H), r(H, G * H), r(B, H)
+    xw, hw, W_hy, hs, y = r(T * B, G * H), r(B, G * H), r(O, H), r(T * B, H), r(O, T * B)
+    k = 4 if cell == "lstm" else 3  # gate adjoints entering the backward matmul
+    a, Wext, gh = r(B, k * H + O), r(k * H + O, H), r(B, H)
+    Tb = gated._block_steps(T, B, H, dt)
+    blocks = [min(Tb, T - t0) * B for t0 in range(0, T, Tb)]
+    A = r(Tb * B, 4 * H)
+    ones = np.ones(Tb * B, dt)
+
+    def run():
+        np.matmul(x, W_ih, out=xw)
+        for _ in range(T):
+            np.matmul(h, W_hh, out=hw)
+        np.matmul(W_hy, hs.T, out=y)
+        for _ in range(T):
+            np.matmul(a, Wext, out=gh)
+        for n in blocks:
+            A[:n, : G * H].T @ x[:n]
+            A[:n, : G * H].T @ hs[:n]
+            ones[:n] @ A[:n]
+        y @ hs  # dW_hy
+
+    return run, len(blocks)
+
+
+def call_cost() -> float:
+    """Seconds per NumPy call on a 1-element array (the per-call overhead), median of many."""
+    a = np.ones(1, np.float32)
+
+    def many():
+        for _ in range(1000):
+            np.multiply(a, a, out=a)
+
+    return _common.alternate({"c": many}, 20, 3)["c"] / 1000
+
+
+def gated_table(args, configs, repeats, warmup) -> Table:
+    cells = [c for c in args.cells if c != "elman"]
+    for cell in cells:
+        for name in configs:
+            err = check_gated_math(cell, _common.CONFIGS[name])
+            if err > 1e-8:
+                sys.exit(f"{cell} config {name}: gated bptt and PyTorch disagree ({err:.1e}); not timing")
+    table = Table(
+        title=f"Gated cells: one training update (forward, CE every step, full BPTT, SGD), float32, 1 thread each side, "
+        f"median of {repeats}, alternating",
+        caption=f"{_common.machine_line()}\n{_common.blas_line()}; torch {torch.__version__}\n"
+        "calls/step: NumPy calls per time step, forward + backward chain; BLAS: the update's matmuls replayed "
+        "alone; Python: calls x the cost of a 1-element call; elementwise: the rest. k20/full: gated "
+        "k_truncated:20 over gated full, same run",
+    )
+    for col in ("cell", "config", "bptt ms", "torch ms", "torch / bptt", "target", "result", "calls/step",
+                "BLAS", "elementwise", "Python", "k20 / full"):
+        table.add_column(col, justify="left" if col in ("cell", "config") else "right")
+    dt = np.dtype(np.float32)
+    torch.set_num_threads(1)
+    with _common.threadpool_limits(limits=1, user_api="blas"):
+        per_call = call_cost()
+        for cell in cells:
+            calls = gated.step_calls(cell)
+            for name in configs:
+                cfg = _common.CONFIGS[name]
+                modes = ("full", "k_truncated:20") if name == "A" else ("full",)
+                ours, theirs = make_gated_updates(cell, cfg, dt, modes)
+                blas, nblocks = gated_matmuls(cell, cfg, dt)
+                fns = {"bptt": ours["full"], "torch": theirs, "blas": blas}
+                if name == "A":
+                    fns["k20"] = ours["k_truncated:20"]
+                t = _common.alternate(fns, repeats, warmup)
+                ratio = t["torch"] / t["bptt"]
+                goal = GATED_TARGETS[cell].get(name)
+                target, result = (f">= {goal:g}", _common.verdict(ratio >= goal)) if goal else ("(report)", "")
+                n_calls = (calls["forward"] + calls["backward"]) * cfg.T + 12 * nblocks + 40  # + per block, per call
+                py = n_calls * per_call
+                ew = max(t["bptt"] - t["blas"] - py, 0.0)
+                total = t["bptt"]
+
+                def share(v: float, total: float = total) -> str:
+                    return f"{_common.ms(v)} ({100 * v / total:.0f}%)"
+
+                k20 = ""
+                if "k20" in t:
+                    r20 = t["k20"] / t["bptt"]
+                    k20 = f"{r20:.2f} (<= {K20_TARGET:g}: {_common.verdict(r20 <= K20_TARGET)})"
+                table.add_row(cell, str(cfg), _common.ms(t["bptt"]), _common.ms(t["torch"]), f"{ratio:.2f}", target,
+                              result, f"{calls['forward']} + {calls['backward']}", share(t["blas"]), share(ew),
+                              share(py), k20)
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="One training update: bptt vs PyTorch.")
     ap.add_argument("--quick", action="store_true", help="smoke run: configs A and B, median of 5")
@@ -110,10 +287,16 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=list(_common.CONFIGS), choices=list(_common.CONFIGS))
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     ap.add_argument("--no-two-threads", action="store_true", help="skip the information-only 2-thread rows")
+    ap.add_argument("--cells", nargs="+", default=["elman", "gru", "lstm"], choices=["elman", "gru", "lstm"],
+                    help="elman: the issue 7 table; gru, lstm: the gated table (float32, 1 thread)")
     args = ap.parse_args()
     configs = ["A", "B"] if args.quick else args.configs
     repeats, warmup = (5, 1) if args.quick else (max(args.repeats, 20), 3)
 
+    if any(c != "elman" for c in args.cells):
+        _common.console().print(gated_table(args, configs, repeats, warmup))
+    if "elman" not in args.cells:
+        return
     for name in configs:
         err = check_same_math(_common.CONFIGS[name])
         if err > 1e-8:

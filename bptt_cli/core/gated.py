@@ -93,7 +93,7 @@ SATURATED = (0.05, 0.95)  # a gate below / above these is saturated shut / open
 _ORDER_IH = {"gru": (2, 1, 0), "lstm": (3, 0, 1, 2)}  # GRU (n, z, r); LSTM (o, i, f, g)
 _ORDER_HH = {"gru": (1, 0, 2), "lstm": (3, 0, 1, 2)}  # GRU (z, r, n)
 _SIGMOID = {"gru": (1, 2), "lstm": (0, 1, 2)}  # internal input-side blocks that are sigmoid gates
-_STEP_CALLS = {"gru": {"forward": 12, "backward": 6}, "lstm": {"forward": 10, "backward": 7}}
+_STEP_CALLS = {"gru": {"forward": 12, "backward": 4}, "lstm": {"forward": 12, "backward": 5}}
 
 
 def check_cell(cell: str) -> None:
@@ -335,7 +335,7 @@ def _steps(rec: _Record, f_hh, b_hn, gates, t0: int, t1: int, H: int) -> None:
             gt += hw  # -a (o, i, f), -2a (g)
             np.exp(gt, out=gt)
             gt += 1
-            np.reciprocal(gt, out=gt)  # sigma(a); sigma(2a) for g
+            np.divide(1, gt, out=gt)  # sigma(a); sigma(2a) for g (divide: SIMD, reciprocal is not)
             gg = gt[:, H3:]
             gg *= 2
             gg -= 1  # tanh(a) = 2 sigma(2a) - 1
@@ -352,7 +352,7 @@ def _steps(rec: _Record, f_hh, b_hn, gates, t0: int, t1: int, H: int) -> None:
             zr += hw[:, :H2]  # -a of z and r
             np.exp(zr, out=zr)
             zr += 1
-            np.reciprocal(zr, out=zr)
+            np.divide(1, zr, out=zr)
             np.add(hw[:, H2:], b_hn, out=hn)
             nn = gt[:, :H]
             np.multiply(gt[:, H2:], hn, out=hw[:, :H])  # r hn
