@@ -430,7 +430,7 @@ class Tracker:
             out = {name: w.end(deadline) for name, w in self.workers.items()}
             if notes:
                 out["notes"] = notes
-        except Exception as e:  # never let tracking end a run badly
+        except (Exception, KeyboardInterrupt) as e:  # never let tracking end a run badly (a 2nd Ctrl-C: stop waiting)
             out["error"] = _first_line(e)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -248,6 +248,17 @@ def test_an_unusable_mlflow_store_is_recorded_and_the_run_goes_on(tmp_path):
     assert ml["status"] == "failed" and "at the start; the run went on" in ml["error"], ml
 
 
+def test_an_unreachable_mlflow_server_never_holds_the_run_up(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setattr(tracking, "WAIT", 5.0)  # the end gives a stuck backend this long
+    d, summary = _run(tmp_path, "run", "tracking.mlflow.uri=http://127.0.0.1:9")  # the discard port: nobody listens
+    assert summary["status"] == "completed" and summary["steps_done"] == 6
+    ml = summary["tracking"]["mlflow"]
+    assert ml["status"] == "failed" and "the run" in ml["error"], ml
+
+
 # -- export --------------------------------------------------------------------------------
 def test_export_sends_existing_runs_and_skips_them_the_second_time(tmp_path, mlflow_uri):
     read = _tensorboard()
