@@ -8,14 +8,17 @@ import math
 
 import numpy as np
 import pytest
-
 import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bptt_cli.core import adaptive, bptt
 from bptt_cli.core.bptt import Workspace, chunked_pass, loss_and_gradients
 from bptt_cli.core.errors import InvalidInputError
 from bptt_cli.core.truncation import VALID_FORMS, parse
 
 KEYS = ref.KEYS
+HYP = settings(max_examples=150, derandomize=True, deadline=None)
 RANDOM_SPECS = ("random_k:1", "random_k:2.5", "artbp:1.5", "artbp:4")
 
 
@@ -106,7 +109,7 @@ def test_artbp_chunked_pass_matches_the_replay(spec, act, lk, small, monkeypatch
 
 def test_random_modes_in_float32_stay_close_to_float64():
     rng = np.random.default_rng(5)
-    p, x, tg, m, h0 = ref.random_problem(rng, 30, 4, 3, 8, 3, "cross_entropy")
+    p, x, tg, m, _ = ref.random_problem(rng, 30, 4, 3, 8, 3, "cross_entropy")
     p32 = {k: v.astype(np.float32) for k, v in p.items()}
     for spec in ("random_k:4", "artbp:5"):
         _, g64, _ = loss_and_gradients(p, x, tg, m, spec, rng=np.random.default_rng(3))
@@ -311,3 +314,24 @@ def test_adapt_takes_the_gated_cells_profile(cell):
 
 def test_estimate_decay_leaves_out_lags_without_data():
     assert adaptive.estimate_decay([1.0, 0.5, None, 0.125, 0.0625], burn_in=0) == pytest.approx(0.5)
+
+
+
+@HYP
+@given(mean=st.floats(1.0, 1e6, allow_nan=False), delta=st.floats(1e-9, 0.999), kmin=st.integers(1, 50),
+       extra=st.integers(0, 50))
+def test_specs_round_trip_for_any_value(mean, delta, kmin, extra):
+    for spec in (f"random_k:{mean!r}", f"artbp:{mean + 1e-3!r}", f"adaptive:{delta!r}",
+                 f"adaptive:{delta!r}:{kmin}:{kmin + extra}"):
+        tr = parse(spec)
+        assert parse(str(tr)) == tr
+
+
+@HYP
+@given(T=st.integers(1, 60), mean=st.floats(1.01, 20), seed=st.integers(0, 2**32 - 1))
+def test_draws_are_well_formed(T, mean, seed):
+    L = parse(f"random_k:{mean!r}").draw(T, np.random.default_rng(seed))
+    assert L.shape == (T,) and (L >= 0).all() and (L <= np.arange(T)).all()
+    firsts, lasts = parse(f"artbp:{mean!r}").chunk_bounds(T, np.random.default_rng(seed))
+    assert firsts[0] == 0 and lasts[-1] == T and (firsts < lasts).all()
+    np.testing.assert_array_equal(firsts[1:], lasts[:-1])  # the segments tile 0 .. T-1
