@@ -49,9 +49,10 @@ a multiple of C with zero losses so the views stay regular.
 
 The random modes (``truncation.py``; derivations in docs/truncation.md) reuse these loops:
 
-    random_k:MEAN  loss t keeps lags j <= L_t, its lag-j adjoint weighted 1 / q^j before it is
-             added into A (``_random_k_gradients``): the lag sweep with one chain per loss,
-             chains sorted by L_t so the live ones are a shrinking prefix, one weight per lag
+    random_k:MEAN  loss t keeps lags j <= L_t, its lag-j adjoint weighted 1 / q^j
+             (``_random_k_gradients``): the lag sweep with one chain per loss, chains sorted
+             by L_t so the live ones are a shrinking prefix, stepping back with W_hh / q so
+             each chain carries its lag's weight
     artbp:MEAN     the single chain, cut at the drawn points as at chunk starts, carrying the
              adjoint with W_hh / (1 - c) across every other step (``_chain_gradients``)
 
