@@ -24,6 +24,7 @@ mid-run) is dropped at that point with its error kept and the run goes on; summa
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -424,8 +425,9 @@ class Tracker:
         out: dict = {}
         try:
             files, notes = run_files(self.info.run_dir, summary, tmp)
+            sent = copy.deepcopy(summary)  # the caller adds to its summary while a backend may still read this one
             for w in self.workers.values():
-                w.put("finish", self.info, summary, files)
+                w.put("finish", self.info, sent, files)
             deadline = time.monotonic() + WAIT
             out = {name: w.end(deadline) for name, w in self.workers.items()}
             if notes:
@@ -559,18 +561,27 @@ def export(paths: Iterable[Path], to: str, *, uri: str | None = None, experiment
 
 
 def _expand(paths: Iterable[Path]) -> list[Path]:
-    """Each path, a pattern with * ? [ that names none expanded (a glob the shell did not see,
-    being quoted); TrackingError for a pattern that matches nothing."""
+    """The runs and compares to export: each path as given; a pattern with * ? [ that names no
+    file expanded (a glob the shell did not see, being quoted); a folder that is neither a run
+    nor a compare (``runs/``, ``runs/delay``) replaced by the compares and the runs outside
+    compares under it. TrackingError for a pattern or folder with none."""
     import glob
 
     out: list[Path] = []
     for p in paths:
         text = str(p)
         if not os.path.lexists(text) and any(c in text for c in "*?["):
-            found = sorted(glob.glob(text))
+            found = [Path(f) for f in sorted(glob.glob(text))]
+            found = [f for f in found if f.is_dir() and ((f / "plan.json").is_file() or runs.is_run_dir(f))]
             if not found:
                 raise TrackingError(f"{text} matches no run or compare directory")
-            out.extend(Path(f) for f in found if Path(f).is_dir() and ((Path(f) / "plan.json").is_file() or runs.is_run_dir(Path(f))))
+            out.extend(found)
+        elif Path(p).is_dir() and not runs.is_run_dir(Path(p)) and not (Path(p) / "plan.json").is_file():
+            compares = sorted(q.parent for q in Path(p).rglob("plan.json") if q.is_file())
+            inside = [r for r in runs.find_runs(Path(p)) if r.parent not in compares]
+            if not compares and not inside:
+                raise TrackingError(f"{p} is neither a run directory (config.yaml) nor a compare directory (plan.json), and holds none")
+            out.extend(sorted([*compares, *inside]))
         else:
             out.append(Path(p))
     return out

@@ -66,18 +66,34 @@ def test_api_errors_are_bptt_errors(tmp_path):
         api.load_compare(tmp_path)
 
 
+def _exec_example(code: str, where: str, tmp_path: Path, monkeypatch) -> str:
+    """Run a documented example as a reader would, from a folder with the shipped configs;
+    what it printed."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, where, "exec"), {})
+    return out.getvalue()
+
+
 def test_the_documented_example_runs(tmp_path, monkeypatch):
     pytest.importorskip("pandas")
     doc = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     code = doc.split("## Runs from a notebook", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert "api.run(" in code and "api.compare(" in code
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
-    monkeypatch.chdir(tmp_path)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(compile(code, "docs/api.md", "exec"), {})
-    printed = out.getvalue()
+    printed = _exec_example(code, "docs/api.md", tmp_path, monkeypatch)
     assert printed.startswith("completed ") and "k_truncated:2" in printed, printed
+
+
+def test_the_readme_example_of_the_api_runs(tmp_path, monkeypatch):
+    pytest.importorskip("pandas")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    code = next((b for b in blocks if "from bptt_cli import api" in b), None)
+    if code is None:
+        pytest.skip("README has no example of bptt_cli.api yet")
+    assert _exec_example(code, "README.md", tmp_path, monkeypatch)
 
 
 # -- extending a finished run ---------------------------------------------------------------

@@ -295,10 +295,12 @@ def test_bptt_export_expands_a_quoted_glob_and_reports_each_run(tmp_path):
         assert len(read(tmp_path / "tb" / tmp_path.name / name).Scalars("train/loss")) == 6
     result = CliRunner().invoke(app, ["export", str(tmp_path / "zz*"), "--to", "tensorboard"])
     assert result.exit_code == 2 and "matches no run" in result.output, result.output
+    result = CliRunner().invoke(app, ["export", str(tmp_path), "--to", "tensorboard", "--uri", str(tmp_path / "tb")])
+    assert result.exit_code == 0 and result.output.count("skipped: ") == 2, result.output  # a folder of runs: each one
 
 
 def test_export_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(tracking.TrackingError, match="neither a run directory"):
-        tracking.export([tmp_path], "tensorboard")
+        tracking.export([tmp_path], "tensorboard")  # an empty folder
     with pytest.raises(tracking.TrackingError, match="tensorboard, mlflow"):
         tracking.export([tmp_path], "wandb")
