@@ -679,15 +679,22 @@ def estimators(
 
 @app.command()
 def plot(
-    path: Path = typer.Argument(..., help="A run directory or a compare directory."),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Image to write (default: PATH/plot.png)."),
+    paths: list[Path] = typer.Argument(..., help="Run or compare directories (or quoted globs), overlaid and grouped by the config keys that differ."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Image to write (default: PATH/plot.FORMAT for one path, plot.FORMAT here for several)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Figure size in inches, WIDTHxHEIGHT (default: 11 wide, 3.4 per row of panels)."),
+    dpi: int = typer.Option(150, "--dpi", help="Resolution of a PNG (20 to 1200)."),
+    format_: Optional[str] = typer.Option(None, "--format", help="png, svg or pdf (default: --out's suffix, else png)."),
 ) -> None:
-    """Plot loss, gradient norm, gradient flow by lag and truncation bias (needs the plot extra)."""
+    """Plot loss, held-out metric with its chance level, gradient norm, and gradient flow and truncation bias
+    when diagnostics were logged; seeds as mean and band (needs the plot extra)."""
     from bptt_cli import plot as plotmod
 
     with user_errors():
+        fmt = plotmod.output_format(out_file, format_)
+        figsize = plotmod.parse_size(size) if size is not None else None
+        default = (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path(".")) / f"plot.{fmt}"
         written = plotmod.plot(
-            path, out_file or Path(path) / "plot.png", on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False)
+            paths, out_file or default, size=figsize, dpi=dpi, fmt=fmt, on_skip=lambda p, e: err.print(f"skipping {p}: {e}", markup=False)
         )
     err.print(f"wrote {written}", markup=False)
 

@@ -73,7 +73,7 @@ def run_dirs(paths: Iterable[Path]) -> list[Path]:
         elif not p.exists():
             raise ViewError(f"{p}: no such run or compare directory")
         else:
-            raise ViewError(f"{p} is neither a run directory (no config.yaml) nor a compare directory (no plan.json)")
+            raise ViewError(f"{p} is not a run directory (no config.yaml) or a compare directory (no plan.json)")
     return list(dict.fromkeys(out))
 
 

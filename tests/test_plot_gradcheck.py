@@ -67,7 +67,7 @@ def test_plot_of_a_run_with_diagnostics_writes_the_png(invoke, tmp_path):
     run = tmp_path / "run"
     sets = [a for s in (*SMALL, "train.diagnostics_every=2") for a in ("--set", s)]
     assert invoke("train", "--run-dir", run, *sets, "-q").exit_code == 0
-    result = invoke("plot", run)
+    result = invoke("plot", run, "--size", "12x8", "--dpi", "100")
     assert result.exit_code == 0, result.output
     png = run / "plot.png"
     assert png.stat().st_size > 10_000
@@ -81,7 +81,7 @@ def test_plot_of_a_compare_directory_to_a_chosen_file(invoke, tmp_path):
     assert result.exit_code == 0, result.output
     (cmp_dir,) = (tmp_path / "quickstart").glob("compare-*")
     out = tmp_path / "figs" / "cmp.png"
-    result = invoke("plot", cmp_dir, "--out", out)
+    result = invoke("plot", cmp_dir, "--out", out, "--size", "12x8", "--dpi", "100")
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 10_000 and _png_size(out) == (1200, 800)
 

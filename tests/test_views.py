@@ -197,3 +197,82 @@ def test_a_listed_crash_takes_its_last_step_from_the_end_of_the_log(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "update": s, "loss": 1.0}) + "\n" for s in (1, 2, 3)) + '{"step": 4', encoding="utf-8")
     (row,) = views.list_runs(tmp_path)
     assert row["status"] == "crashed" and row["steps_done"] == 3
+
+
+# -- plots ------------------------------------------------------------------------------------
+def _titles(fig) -> list[str]:
+    return [a.get_title() for a in fig.axes if a.get_visible()]
+
+
+def test_a_plot_without_diagnostics_has_no_empty_panel_and_draws_chance(made):
+    pytest.importorskip("matplotlib")
+    from bptt_cli import plot
+
+    fig = plot.figure(views.gather([made["compare"]], logs=True))
+    titles = _titles(fig)
+    assert titles == ["Loss (line: training, markers: held-out)", "Held-out accuracy", "Gradient norm before clipping (clip 5: above)"]
+    acc = next(a for a in fig.axes if a.get_title() == "Held-out accuracy")
+    assert any(t.get_text() == "chance 0.125" for t in acc.texts)
+    assert any(list(line.get_ydata()) == [0.125, 0.125] for line in acc.get_lines())  # the chance line
+    assert fig.get_suptitle().startswith("delay, task delay") and "/" not in fig.get_suptitle()  # from the config, not a path
+    # Two seeds: one mean line and a shaded band per group, not a line per seed.
+    loss = fig.axes[0]
+    labelled = [line.get_label() for line in loss.get_lines() if not line.get_label().startswith("_")]
+    assert labelled == ["full (2 seeds)", "k_truncated:1 (2 seeds)"]
+    assert len(loss.collections) == 4  # a band each under the training line and the held-out markers of both groups
+    legend = fig.legends[0]
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(a.get_window_extent()) for a in fig.axes)  # the legend sits outside the data
+
+
+def test_a_plot_with_diagnostics_adds_flow_and_bias_and_styles_each_grid_value(tmp_path):
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    from bptt_cli import plot
+    from bptt_cli.cli import app
+
+    r = CliRunner().invoke(app, ["compare", str(DELAY), "--runs-root", str(tmp_path), *sets(*TINY, "train.diagnostics_every=2"),
+                                 "--modes", "full,k_truncated:1", "--grid", "clip.threshold=0.5,none", "--workers", "1", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (cmp_dir,) = (tmp_path / "delay").glob("compare-*")
+    fig = plot.figure(views.gather([cmp_dir], logs=True))
+    titles = _titles(fig)
+    assert "Gradient flow at the initial weights" in titles and titles[-1].startswith("Truncation bias")
+    flow = next(a for a in fig.axes if a.get_title() == "Gradient flow at the initial weights")
+    assert flow.get_yscale() == "log"
+    styles = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert set(styles) == {"full, 0.5", "full, none", "k_truncated:1, 0.5", "k_truncated:1, none"}
+    assert styles["full, 0.5"][0] == styles["full, none"][0] and styles["full, 0.5"][1] != styles["full, none"][1]  # threshold: line style
+    assert styles["full, 0.5"][0] != styles["k_truncated:1, 0.5"][0]  # mode: colour
+    assert fig.legends[0].get_title().get_text() == "truncation, threshold"
+
+
+def test_plot_writes_svg_and_pdf_and_refuses_a_mismatch(invoke, made, tmp_path):
+    pytest.importorskip("matplotlib")
+    svg = tmp_path / "f.svg"
+    result = invoke("plot", made["compare"], made["lone"], "--out", svg)
+    assert result.exit_code == 0, result.output
+    assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml") and "<svg" in svg.read_text(encoding="utf-8")
+    result = invoke("plot", made["lone"], "--format", "pdf")
+    assert result.exit_code == 0 and (made["lone"] / "plot.pdf").read_bytes()[:5] == b"%PDF-"
+    result = invoke("plot", made["lone"], "--out", tmp_path / "f.png", "--format", "svg")
+    assert result.exit_code == 2 and "ends in .png but --format is svg" in stderr_of(result)
+    result = invoke("plot", made["lone"], "--size", "big")
+    assert result.exit_code == 2 and "--size takes WIDTHxHEIGHT in inches" in stderr_of(result)
+
+
+def test_a_loss_axis_spanning_decades_is_logarithmic(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bptt_cli import plot
+
+    def run(name: str, losses: list[float]) -> runs.Run:
+        metrics = [{"step": i + 1, "update": i + 1, "loss": v, "grad_norm": 1.0} for i, v in enumerate(losses)]
+        config = {"name": "x", "seed": 0, "model": {"hidden": 8 if name == "a" else 9}}
+        return runs.Run(tmp_path / name, config, {"status": "completed", "truncation": "full"}, metrics=metrics)
+
+    fig = plot.figure([run("a", [2.0, 1.0, 0.5]), run("b", [2.0, 30.0, 900.0])])
+    assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_yscale() == "linear"
+    fig = plot.figure([run("a", [2.0, 1.0, 0.5]), run("b", [2.0, 1.5, 1.2])])
+    assert fig.axes[0].get_yscale() == "linear"
