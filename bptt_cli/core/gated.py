@@ -232,10 +232,9 @@ def _check_truncation(tr: Truncation) -> None:
 class _Weights:
     """The parameters in the internal gate orders, made once per call (or per chunk).
 
-    f_ih (I, G H) and f_hh (H, G H): transposed, sigmoid rows scaled by -1 (the LSTM's g rows
-    by -2), for the forward;
-    f_b (G H,) the folded biases; b_hn (H,) the GRU's hidden-side n bias; b_hh (G H, H) or
-    (3 H, H): unscaled, for dh_{t-1} = A_hh @ b_hh in the backward.
+    f_ih (G H, I) and f_hh (G H, H): sigmoid rows scaled by -1 (the LSTM's g rows by -2), for
+    the feature-major forward; f_b (G H, 1) the folded biases; b_hn (H, 1) the GRU's hidden-side
+    n bias; b_hh (G H, H) or (3 H, H): unscaled, for dh_{t-1} = b_hh^T A_hh in the backward.
     """
 
     def __init__(self, params: dict, cell: str) -> None:
@@ -252,20 +251,20 @@ class _Weights:
         scale[list(_SIGMOID[cell])] = -1.0
         if cell == "gru":
             scale[0] = 1.0  # n: a plain tanh after r is known
-        self.f_ih = np.ascontiguousarray((Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1).T)
+        self.f_ih = np.ascontiguousarray((Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1))
         if cell == "lstm":
-            self.f_b = ((bih + bhh)[list(oi)] * scale).reshape(-1)
-            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * scale[:, :, None]).reshape(G * H, H).T)
+            self.f_b = ((bih + bhh)[list(oi)] * scale).reshape(-1, 1)
+            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * scale[:, :, None]).reshape(G * H, H))
             self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(G * H, H))
             self.b_hn = None
         else:
             b = bih.copy()
             b[:2] += bhh[:2]  # r and z take both biases; n's hidden bias stays inside r * (.)
-            self.f_b = (b[list(oi)] * scale).reshape(-1)
+            self.f_b = (b[list(oi)] * scale).reshape(-1, 1)
             hs = np.array([-1.0, -1.0, 1.0], dt)[:, None, None]  # hidden side (z, r, n): z, r scaled
-            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * hs).reshape(3 * H, H).T)
+            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * hs).reshape(3 * H, H))
             self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(3 * H, H))
-            self.b_hn = bhh[2].copy()
+            self.b_hn = bhh[2].reshape(H, 1).copy()
 
 
 def _to_public(cell: str, H: int, d_ih, d_hh, db_ih, db_hh) -> tuple:
@@ -282,30 +281,38 @@ def _to_public(cell: str, H: int, d_ih, d_hh, db_ih, db_hh) -> tuple:
 
 
 # -- forward ----------------------------------------------------------------------------------
+# Layout: feature-major per step, (features, B), so every per-step elementwise call runs over
+# one contiguous block (a (B, features) row layout makes gate slices and broadcasts strided,
+# 2-3x slower per element at these sizes).
 class _Record:
-    """What the forward pass keeps: hs (T+1, B, H), hs[t+1] = h_t; gates (T, B, G, H) activated,
-    internal order; LSTM: cs (T+1, B, H), tc (T, B, H) = tanh(c_t); GRU: hn (T, B, H)."""
+    """What the forward pass keeps, feature-major: hs (T+1, H, B), hs[t+1] = h_t^T; gates
+    (T, G, H, B) activated, internal order; LSTM: cs (T+1, H, B), tc (T, H, B) = tanh(c_t);
+    GRU: hn (T, H, B) = W_hn h_{t-1} + b_hn."""
 
     def __init__(self, cell: str, T: int, B: int, H: int, dt, ws: Workspace) -> None:
         G = GATES[cell]
         self.cell = cell
-        self.hs = ws.get("g_hs", (T + 1, B, H), dt)
-        self.gates = ws.get("g_gates", (T, B, G, H), dt)
-        self.cs = ws.get("g_cs", (T + 1, B, H), dt) if cell == "lstm" else None
-        self.tc = ws.get("g_tc", (T, B, H), dt) if cell == "lstm" else None
-        self.hn = ws.get("g_hn", (T, B, H), dt) if cell == "gru" else None
-        self.tmp = ws.get("g_ftmp", (B, max(G, 1) * H), dt)
+        self.hs = ws.get("g_hs", (T + 1, H, B), dt)
+        self.gates = ws.get("g_gates", (T, G, H, B), dt)
+        self.cs = ws.get("g_cs", (T + 1, H, B), dt) if cell == "lstm" else None
+        self.tc = ws.get("g_tc", (T, H, B), dt) if cell == "lstm" else None
+        self.hn = ws.get("g_hn", (T, H, B), dt) if cell == "gru" else None
+        self.tmp = ws.get("g_ftmp", (G * H, B), dt)
 
     def set_h0(self, h0) -> None:
         if self.cell == "gru":
-            self.hs[0] = 0 if h0 is None else h0
+            self.hs[0] = 0 if h0 is None else h0.T
         else:
-            self.hs[0] = 0 if h0 is None else h0[0]
-            self.cs[0] = 0 if h0 is None else h0[1]
+            self.hs[0] = 0 if h0 is None else h0[0].T
+            self.cs[0] = 0 if h0 is None else h0[1].T
 
     def state(self, t: int) -> np.ndarray:
         """The state after step t-1 (t = 0: h0), a fresh array: (B, H) or (2, B, H)."""
-        return self.hs[t].copy() if self.cell == "gru" else np.stack([self.hs[t], self.cs[t]])
+        return self.hs[t].T.copy() if self.cell == "gru" else np.stack([self.hs[t].T, self.cs[t].T])
+
+    def h_rows(self, t0: int, t1: int) -> np.ndarray:
+        """h_{t0-1} .. h_{t1-2} as rows ((t1-t0) B, H), a copy: the left operand of dweight_hh."""
+        return self.hs[t0:t1].transpose(0, 2, 1).reshape(-1, self.hs.shape[1])
 
 
 def _forward_steps(rec: _Record, w: _Weights, x: np.ndarray, t0: int, t1: int) -> None:
@@ -313,53 +320,51 @@ def _forward_steps(rec: _Record, w: _Weights, x: np.ndarray, t0: int, t1: int) -
     n = t1 - t0
     if n <= 0:
         return
-    B, H = rec.hs.shape[1:]
+    H, B = rec.hs.shape[1:]
     G = GATES[rec.cell]
-    gates = rec.gates[t0:t1]
-    g2 = gates.reshape(n * B, G * H)
-    np.matmul(x[t0:t1].reshape(n * B, -1), w.f_ih, out=g2)  # input projections, all steps at once
-    g2 += w.f_b
-    f_hh = w.f_hh
+    gates = rec.gates[t0:t1].reshape(n, G * H, B)
+    np.matmul(w.f_ih, x[t0:t1].transpose(0, 2, 1), out=gates)  # input projections, one call for all steps
+    gates += w.f_b
     with np.errstate(over="ignore"):  # exp(-a) = inf for a << 0 gives sigma = 1 / inf = 0, exactly
-        _steps(rec, f_hh, w.b_hn, gates.reshape(n, B, G * H), t0, t1, H)
+        _steps(rec, w.f_hh, w.b_hn, gates, t0, t1, H)
 
 
 def _steps(rec: _Record, f_hh, b_hn, gates, t0: int, t1: int, H: int) -> None:
-    """The recurrence of ``_forward_steps``: gates (n, B, G H) hold the input projections."""
+    """The recurrence of ``_forward_steps``: gates (n, G H, B) hold the input projections."""
     hw = rec.tmp
     if rec.cell == "lstm":
         H3 = 3 * H
         for h_prev, h, c_prev, c, tc, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.cs[t0:t1],
                                                 rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1], gates):
-            np.matmul(h_prev, f_hh, out=hw)
+            np.matmul(f_hh, h_prev, out=hw)
             gt += hw  # -a (o, i, f), -2a (g)
             np.exp(gt, out=gt)
             gt += 1
             np.divide(1, gt, out=gt)  # sigma(a); sigma(2a) for g (divide: SIMD, reciprocal is not)
-            gg = gt[:, H3:]
+            gg = gt[H3:]
             gg *= 2
             gg -= 1  # tanh(a) = 2 sigma(2a) - 1
-            np.multiply(gt[:, 2 * H : H3], c_prev, out=c)  # f c
-            np.multiply(gt[:, H : 2 * H], gt[:, H3:], out=hw[:, :H])  # i g
-            c += hw[:, :H]
+            np.multiply(gt[2 * H : H3], c_prev, out=c)  # f c
+            np.multiply(gt[H : 2 * H], gg, out=hw[:H])  # i g
+            c += hw[:H]
             np.tanh(c, out=tc)
-            np.multiply(gt[:, :H], tc, out=h)  # o tanh(c)
+            np.multiply(gt[:H], tc, out=h)  # o tanh(c)
     else:
         H2 = 2 * H
         for h_prev, h, hn, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.hn[t0:t1], gates):
-            np.matmul(h_prev, f_hh, out=hw)  # (z, r, n) hidden side
-            zr = gt[:, H:]
-            zr += hw[:, :H2]  # -a of z and r
+            np.matmul(f_hh, h_prev, out=hw)  # (z, r, n) hidden side
+            zr = gt[H:]
+            zr += hw[:H2]  # -a of z and r
             np.exp(zr, out=zr)
             zr += 1
             np.divide(1, zr, out=zr)
-            np.add(hw[:, H2:], b_hn, out=hn)
-            nn = gt[:, :H]
-            np.multiply(gt[:, H2:], hn, out=hw[:, :H])  # r hn
-            nn += hw[:, :H]
+            np.add(hw[H2:], b_hn, out=hn)
+            nn = gt[:H]
+            np.multiply(gt[H2:], hn, out=hw[:H])  # r hn
+            nn += hw[:H]
             np.tanh(nn, out=nn)
             np.subtract(h_prev, nn, out=h)
-            h *= gt[:, H:H2]  # z (h - n)
+            h *= gt[H:H2]  # z (h - n)
             h += nn
 
 
@@ -369,61 +374,59 @@ def _run_forward(params, x, cell: str, h0, ws: Workspace) -> _Record:
     rec = _Record(cell, T, B, H, x.dtype, ws)
     rec.set_h0(h0)
     _forward_steps(rec, _Weights(params, cell), x, 0, T)
-    ws._states = rec.hs
+    ws._states = rec.hs.transpose(0, 2, 1)
     return rec
-
-
-def _outputs(params, hs_rows: np.ndarray, O: int, n: int, B: int, out: np.ndarray) -> np.ndarray:
-    """Class-major y (O, n, B) from h rows (n B, H), into ``out``."""
-    np.matmul(params["W_hy"], hs_rows.T, out=out.reshape(O, n * B))
-    out += params["b_y"][:, None, None]
-    return out
 
 
 def forward(params: dict, x: np.ndarray, cell: str, h0=None) -> tuple[np.ndarray, np.ndarray]:
     """(states, y): states (T+1, B, H) for the GRU or (T+1, 2, B, H) (h, c) for the LSTM, with
     states[0] = h0; y (T, B, O). Fresh arrays."""
-    I, H, O = check_params(params, cell)
+    I, H, _ = check_params(params, cell)
     if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != I or x.shape[0] < 1 or x.shape[1] < 1:
         raise InvalidInputError(f"x must have shape (T, B, I={I}) with T, B >= 1, got {_fmt(getattr(x, 'shape', ()))}")
     x = x.astype(params["weight_ih"].dtype, copy=False)
-    T, B, _ = x.shape
+    B = x.shape[1]
     h0 = _check_h0(h0, cell, B, H, x.dtype)
     rec = _run_forward(params, x, cell, h0, Workspace())
-    y = (rec.hs[1:].reshape(T * B, H) @ params["W_hy"].T + params["b_y"]).reshape(T, B, O)
-    states = rec.hs.copy() if cell == "gru" else np.stack([rec.hs, rec.cs], axis=1)
-    return states, y
+    y = np.matmul(params["W_hy"], rec.hs[1:])  # (T, O, B)
+    y += params["b_y"][:, None]
+    hs = rec.hs.transpose(0, 2, 1)
+    states = hs.copy() if cell == "gru" else np.stack([hs, rec.cs.transpose(0, 2, 1)], axis=1)
+    return states, np.ascontiguousarray(y.transpose(0, 2, 1))
 
 
 def _loss(params, rec: _Record, targets, mask, loss: str, t0: int, t1: int, y: np.ndarray):
-    """(value, dy (O, n, B)) of steps t0 .. t1-1, y a class-major buffer (O, n, B)."""
-    B, H = rec.hs.shape[1:]
-    O = params["W_hy"].shape[0]
-    n = t1 - t0
-    _outputs(params, rec.hs[t0 + 1 : t1 + 1].reshape(n * B, H), O, n, B, y)
-    tg = targets[t0:t1] if loss == "cross_entropy" else np.moveaxis(targets[t0:t1], -1, 0)
-    value, dy = LOSSES[loss](y, tg, mask[t0:t1], axis=0)
+    """(value, dy (n, O, B)) of steps t0 .. t1-1; y an (n, O, B) buffer for the outputs."""
+    np.matmul(params["W_hy"], rec.hs[t0 + 1 : t1 + 1], out=y)
+    y += params["b_y"][:, None]
+    tg = targets[t0:t1] if loss == "cross_entropy" else np.moveaxis(targets[t0:t1], -1, 1)
+    value, dy = LOSSES[loss](y, tg, mask[t0:t1], axis=1)
     if not math.isfinite(value):
         raise DivergedError("loss")
     return value, dy
 
 
+def _output_grads(dy: np.ndarray, hs_after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dW_hy (O, H), db_y (O,)) from dy (n, O, B) and h_t^T (n, H, B) of the same steps."""
+    return np.tensordot(dy, hs_after, axes=([0, 2], [0, 2])), dy.sum(axis=(0, 2))
+
+
 # -- backward pieces ----------------------------------------------------------------------------
-# A backward step's row (B, 5 H + O) per step: five H-blocks and dL/dy of the step before.
+# A backward step's block (5 H + O, B) per step: five H-blocks and dL/dy of the step before.
 #   LSTM  [dh Q, da_o, da_i, da_f, da_g | dy_{t-1}]   the matmul input: blocks 1..4 and dy
 #   GRU   [dh z, da_n, da_z, da_r, da_hn | dy_{t-1}]  the matmul input: blocks 2..4 and dy
-# so dL/dh_{t-1} = [gate adjoints, dy_{t-1}] @ [weight_hh blocks; W_hy] is ONE matmul that also
-# adds the direct term of step t-1. The factors V (.., 5, H) line up with the first blocks:
+# so dL/dh_{t-1} = [weight_hh blocks; W_hy]^T @ [gate adjoints; dy_{t-1}] is ONE matmul that
+# also adds the direct term of step t-1. The factors V (5, H, B) line up with the first blocks:
 #   LSTM  [Q, V_o, V_i, V_f, V_g] = [o(1-tanh(c)^2), tanh(c) o(1-o), g i(1-i), c_prev f(1-f), i(1-g^2)]
 #   GRU   [z, V_n, V_z, V_r, r]   = [z, (1-z)(1-n^2), (h_prev-n) z(1-z), hn r(1-r), r]
 _MATMUL_FROM = {"lstm": 1, "gru": 2}  # first block of the backward matmul's input
 
 
 def _factors(rec: _Record, s0: int, s1: int, V: np.ndarray, tmp: np.ndarray) -> None:
-    """The adjoint-free parts of the backward step for steps s0 .. s1-1, into V[:s1-s0] (n, B, 5, H).
+    """The adjoint-free parts of the backward step for steps s0 .. s1-1, into V[:s1-s0] (n, 5, H, B).
 
     Computed for a block of steps at once (a few calls over the block), so the step itself only
-    multiplies adjoints by them. tmp: (n, B, 3, H) scratch.
+    multiplies adjoints by them. tmp: (n, 3, H, B) scratch. V may be a strided view.
     """
     n = s1 - s0
     if n <= 0:
@@ -432,80 +435,86 @@ def _factors(rec: _Record, s0: int, s1: int, V: np.ndarray, tmp: np.ndarray) -> 
     t = tmp[:n]
     V = V[:n]
     if rec.cell == "lstm":
-        sig = g[:, :, 0:3]
+        sig = g[:, 0:3]
         np.multiply(sig, sig, out=t)
         np.subtract(sig, t, out=t)  # sigma (1 - sigma) of o, i, f
         tc = rec.tc[s0:s1]
-        np.multiply(tc, t[:, :, 0], out=V[:, :, 1])
-        np.multiply(g[:, :, 3], t[:, :, 1], out=V[:, :, 2])
-        np.multiply(rec.cs[s0:s1], t[:, :, 2], out=V[:, :, 3])
-        gg = t[:, :, 0]
-        np.multiply(g[:, :, 3], g[:, :, 3], out=gg)
+        np.multiply(tc, t[:, 0], out=V[:, 1])
+        np.multiply(g[:, 3], t[:, 1], out=V[:, 2])
+        np.multiply(rec.cs[s0:s1], t[:, 2], out=V[:, 3])
+        gg = t[:, 0]
+        np.multiply(g[:, 3], g[:, 3], out=gg)
         np.subtract(1, gg, out=gg)
-        np.multiply(g[:, :, 1], gg, out=V[:, :, 4])
+        np.multiply(g[:, 1], gg, out=V[:, 4])
         np.multiply(tc, tc, out=gg)
         np.subtract(1, gg, out=gg)
-        np.multiply(g[:, :, 0], gg, out=V[:, :, 0])
+        np.multiply(g[:, 0], gg, out=V[:, 0])
     else:
-        nn, z, r = g[:, :, 0], g[:, :, 1], g[:, :, 2]
-        a, b = t[:, :, 0], t[:, :, 1]
-        V[:, :, 0] = z
+        nn, z, r = g[:, 0], g[:, 1], g[:, 2]
+        a, b = t[:, 0], t[:, 1]
+        V[:, 0] = z
         np.multiply(nn, nn, out=a)
         np.subtract(1, a, out=a)  # 1 - n^2
         np.subtract(1, z, out=b)
-        np.multiply(a, b, out=V[:, :, 1])
+        np.multiply(a, b, out=V[:, 1])
         np.multiply(z, b, out=b)  # z (1 - z)
         np.subtract(rec.hs[s0:s1], nn, out=a)
-        np.multiply(a, b, out=V[:, :, 2])
+        np.multiply(a, b, out=V[:, 2])
         np.multiply(r, r, out=a)
         np.subtract(r, a, out=a)  # r (1 - r)
-        np.multiply(rec.hn[s0:s1], a, out=V[:, :, 3])
-        V[:, :, 4] = r
+        np.multiply(rec.hn[s0:s1], a, out=V[:, 3])
+        V[:, 4] = r
 
 
-def _rows(A: np.ndarray, H: int) -> np.ndarray:
-    """The (.., 5, H) view of the five H-blocks of A (.., 5 H + O)."""
-    v = A[..., : 5 * H].reshape(*A.shape[:-1], 5, H)
-    assert v.base is not None and np.shares_memory(v, A)  # a view: the steps write through it
+def _view(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """a.reshape(shape), refusing a copy: the caller writes through the result."""
+    v = a.reshape(shape)
+    if not np.shares_memory(v, a):
+        raise AssertionError("internal error: a work buffer's reshape is not a view")
     return v
 
 
-def _chain(cell: str, V, F, A, gh, gc, Ws: list, W_hy, cuts: list) -> None:
-    """One backward chain over the n rows of V, F, A, last row first.
+def _stacked_T(b_hh: np.ndarray, W_hy: np.ndarray) -> np.ndarray:
+    """[backward weight_hh blocks; W_hy]^T (H, G' H + O): one matmul for the gates' and the output's share."""
+    return np.ascontiguousarray(np.concatenate([b_hh, W_hy]).T)
 
-    A (n, B, 5 H + O): the tail of row i must hold dL/dy of the step before (zero if none);
-    the blocks receive the step's adjoints. gh (B, H) must hold dL/dh at the last row's step
-    (direct term included), gc (B, H) dL/dc there from later steps; both are left as the
-    carries out of the first row (gh with the direct term of the step before it). F: the
-    LSTM's forget gates of the rows. Ws[i]: the stacked [weight_hh blocks; W_hy] the backward
-    matmul of row i uses; cuts[i]: the state before row i's step is a constant.
+
+def _chain(cell: str, V, F, A, gh, gc, Ws: list, W_hyT, cuts: list) -> None:
+    """One backward chain over the n steps of V, F, A, last first.
+
+    A (n, 5 H + O, B): the tail of step i must hold dL/dy of the step before (zero if none);
+    the blocks receive the step's adjoints. gh (H, B) must hold dL/dh at the last step (direct
+    term included), gc (H, B) dL/dc there from later steps; both are left as the carries out
+    of the first step (gh with the direct term of the step before it). F: the LSTM's forget
+    gates (n, H, B). Ws[i]: the stacked [weight_hh blocks; W_hy]^T the backward matmul of step
+    i uses; cuts[i]: the state before step i is a constant. W_hyT: W_hy^T (H, O).
     """
     n = A.shape[0]
-    H = gh.shape[1]
-    A5 = _rows(A, H)
+    H, B = gh.shape
+    A5 = _view(A[:, : 5 * H], (n, 5, H, B))
     k = _MATMUL_FROM[cell] * H
-    tail = A[:, :, 5 * H :]
+    tail = A[:, 5 * H :]
     if cell == "lstm":
         for v, a5, a, f, W, cut, dy in zip(V[n - 1 :: -1], A5[::-1], A[::-1], F[::-1], Ws[::-1], cuts[::-1],
                                            tail[::-1]):
-            np.multiply(gh[:, None, :], v[:, 0:2], out=a5[:, 0:2])  # dh Q, da_o
-            gc += a5[:, 0]  # dL/dc_t: from step t+1 and through h_t
-            np.multiply(gc[:, None, :], v[:, 2:5], out=a5[:, 2:5])  # da_i, da_f, da_g
+            np.multiply(gh, v[0:2], out=a5[0:2])  # dh Q, da_o
+            gc += a5[0]  # dL/dc_t: from step t+1 and through h_t
+            np.multiply(gc, v[2:5], out=a5[2:5])  # da_i, da_f, da_g
             if cut:
                 gc.fill(0)
-                np.matmul(dy, W_hy, out=gh)  # only the direct term of the step before
+                np.matmul(W_hyT, dy, out=gh)  # only the direct term of the step before
             else:
                 gc *= f
-                np.matmul(a[:, k:], W, out=gh)
+                np.matmul(W, a[k:], out=gh)
     else:
         for v, a5, a, W, cut, dy in zip(V[n - 1 :: -1], A5[::-1], A[::-1], Ws[::-1], cuts[::-1], tail[::-1]):
-            np.multiply(gh[:, None, :], v[:, 0:3], out=a5[:, 0:3])  # dh z, da_n, da_z
-            np.multiply(a5[:, 1:2], v[:, 3:5], out=a5[:, 3:5])  # da_r, da_hn
+            np.multiply(gh, v[0:3], out=a5[0:3])  # dh z, da_n, da_z
+            np.multiply(a5[1], v[3:5], out=a5[3:5])  # da_r, da_hn
             if cut:
-                np.matmul(dy, W_hy, out=gh)
+                np.matmul(W_hyT, dy, out=gh)
             else:
-                np.matmul(a[:, k:], W, out=gh)
-                gh += a5[:, 0]
+                np.matmul(W, a[k:], out=gh)
+                gh += a5[0]
 
 
 class _Grads:
@@ -517,19 +526,15 @@ class _Grads:
         self.ih = np.zeros((G * H, I), dt)
         self.hh = np.zeros((G * H, H), dt)
         self.b = np.zeros(4 * H, dt)
-        self._ones = np.ones(0, dt)
 
     def add(self, A4: np.ndarray, x_rows: np.ndarray, h_rows: np.ndarray) -> None:
-        """A4 (N, 4 H): the gate adjoints of N (step, sample) rows, [da_o, da_i, da_f, da_g] or
-        [da_n, da_z, da_r, da_hn]; x_rows (N, I), h_rows (N, H): the steps' inputs and h_{s-1}."""
+        """A4 (4 H, N): the gate adjoints of N (step, sample) columns, [da_o, da_i, da_f, da_g]
+        or [da_n, da_z, da_r, da_hn]; x_rows (N, I), h_rows (N, H): the steps' x_s and h_{s-1}."""
         H = self.H
-        N = A4.shape[0]
-        ih, hh = (A4, A4) if self.cell == "lstm" else (A4[:, : 3 * H], A4[:, H:])
-        self.ih += ih.T @ x_rows
-        self.hh += hh.T @ h_rows
-        if self._ones.shape[0] < N:
-            self._ones = np.ones(N, A4.dtype)
-        self.b += self._ones[:N] @ A4  # the sums over rows, in BLAS (3x faster than add.reduce)
+        ih, hh = (A4, A4) if self.cell == "lstm" else (A4[: 3 * H], A4[H:])
+        self.ih += ih @ x_rows
+        self.hh += hh @ h_rows
+        self.b += A4.sum(axis=1)
 
     def result(self, params: dict, d_why, d_by) -> dict:
         H = self.H
@@ -542,50 +547,52 @@ class _Grads:
         return grads
 
 
-_BLOCK_BYTES = 1 << 20  # per-block factor buffer of the chain: a block's rows stay in L2
+def _gate_columns(A: np.ndarray, H: int) -> np.ndarray:
+    """The gate adjoints (blocks 1..4) of steps' blocks A (n, 5 H + O, B) as (4 H, n B), a copy."""
+    n, _, B = A.shape
+    return A[:, H : 5 * H].transpose(1, 0, 2).reshape(4 * H, n * B)
+
+
+_BLOCK_BYTES = 1 << 20  # per-block factor buffer of the chain: a block's steps stay in L2
 
 
 def _block_steps(T: int, B: int, H: int, dt) -> int:
     return min(T, max(1, _BLOCK_BYTES // (B * 5 * H * np.dtype(dt).itemsize)))
 
 
-def _stacked(w: _Weights, W_hy: np.ndarray) -> np.ndarray:
-    """[backward weight_hh blocks; W_hy] (G H + O, H): one matmul for the gates' and the output's share."""
-    return np.concatenate([w.b_hh, W_hy])
-
-
 def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Workspace) -> _Grads:
     """W == C: one chain t = T-1 .. 0 cut at every chunk start, in blocks of steps, last first.
 
-    dy (O, T, B). Per block: dy of the steps before into the rows' tails (one copy), the
+    dy (T, O, B). Per block: dy of the steps before into the blocks' tails (one copy), the
     factors (a few calls over the block), the steps, then the block's share of every weight
-    gradient (one matmul each) while its rows are in cache.
+    gradient (one matmul each) while its steps are in cache.
     """
     T, B, I = x.shape
-    H = rec.hs.shape[2]
-    O = dy.shape[0]
+    H = rec.hs.shape[1]
+    O = dy.shape[1]
     dt = rec.hs.dtype
     Tb = _block_steps(T, B, H, dt)
-    V = ws.get("g_V", (Tb, B, 5, H), dt)
-    tmp = ws.get("g_btmp", (Tb, B, 3, H), dt)
-    A = ws.get("g_A", (Tb, B, 5 * H + O), dt)
-    gh = ws.get("g_gh", (B, H), dt)
-    gc = ws.get("g_gc", (B, H), dt, zero=True)
-    np.matmul(dy[:, T - 1].T, params["W_hy"], out=gh)  # dL/dh_{T-1}: its direct term alone
+    V = ws.get("g_V", (Tb, 5, H, B), dt)
+    tmp = ws.get("g_btmp", (Tb, 3, H, B), dt)
+    A = ws.get("g_A", (Tb, 5 * H + O, B), dt)
+    W_hyT = np.ascontiguousarray(params["W_hy"].T)
+    gh = ws.get("g_gh", (H, B), dt)
+    gc = ws.get("g_gc", (H, B), dt, zero=True)
+    np.matmul(W_hyT, dy[T - 1], out=gh)  # dL/dh_{T-1}: its direct term alone
     acc = _Grads(rec.cell, I, H, dt)
-    Ws = [_stacked(w, params["W_hy"])] * Tb
-    F = rec.gates[:, :, 2] if rec.cell == "lstm" else None
+    Ws = [_stacked_T(w.b_hh, params["W_hy"])] * Tb
+    F = rec.gates[:, 2] if rec.cell == "lstm" else None
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
         n = t1 - t0
         lo = max(t0, 1)
-        A[lo - t0 : n, :, 5 * H :] = dy[:, lo - 1 : t1 - 1].transpose(1, 2, 0)  # row t: dy_{t-1}
+        A[lo - t0 : n, 5 * H :] = dy[lo - 1 : t1 - 1]  # step t's tail: dy_{t-1}
         if t0 == 0:
-            A[0, :, 5 * H :] = 0
+            A[0, 5 * H :] = 0
         _factors(rec, t0, t1, V, tmp)
         cuts = [t % C == 0 for t in range(t0, t1)]
-        _chain(rec.cell, V[:n], F[t0:t1] if F is not None else None, A[:n], gh, gc, Ws[:n], params["W_hy"], cuts)
-        acc.add(A[:n].reshape(n * B, -1)[:, H : 5 * H], x[t0:t1].reshape(n * B, I), rec.hs[t0:t1].reshape(n * B, H))
+        _chain(rec.cell, V[:n], F[t0:t1] if F is not None else None, A[:n], gh, gc, Ws[:n], W_hyT, cuts)
+        acc.add(_gate_columns(A[:n], H), x[t0:t1].reshape(n * B, I), rec.h_rows(t0, t1))
     return acc
 
 
@@ -594,65 +601,67 @@ def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws:
 
     The time axis is padded to nC C steps with zero losses and zero factors (a padded step
     passes nothing back). Chain c sits at step (c+1)C - 1 - j at lag j; the live chains
-    c >= j // C are C rows apart, so strided views of the per-step arrays serve them all and
-    one matmul per lag advances every chain. A (Tp, B, 4, H) sums each step's gate adjoints.
+    c >= j // C are C steps apart, so strided views of the per-step arrays serve them all and
+    ONE matmul per lag advances every chain. The arrays are laid out (features, time, B) here
+    (the factors written through a transposed view), so that the chains' columns of a lag are
+    one (features, chains B) operand; A (4, H, Tp, B) sums each step's gate adjoints.
     """
     T, B, I = x.shape
-    H = rec.hs.shape[2]
-    O = dy.shape[0]
+    H = rec.hs.shape[1]
+    O = dy.shape[1]
     dt = rec.hs.dtype
     lstm = rec.cell == "lstm"
     nC = -(-T // C)
     Tp = nC * C
-    V = ws.get("g_lagV", (Tp, B, 5, H), dt)
-    F = ws.get("g_lagF", (Tp, B, H), dt) if lstm else None  # forget gates
-    tmp = ws.get("g_lagtmp", (T, B, 3, H), dt)
-    Dh = ws.get("g_lagDh", (Tp, B, H), dt)
-    A = ws.get("g_lagA", (Tp, B, 4, H), dt)
-    np.matmul(dy.reshape(O, T * B).T, params["W_hy"], out=Dh[:T].reshape(T * B, H))
-    _factors(rec, 0, T, V, tmp)
+    V = ws.get("g_lagV", (5, H, Tp, B), dt)
+    Dh = ws.get("g_lagDh", (H, Tp, B), dt)
+    A = ws.get("g_lagA", (4, H, Tp, B), dt)
+    Fp = ws.get("g_lagF", (H, Tp, B), dt) if lstm else None  # forget gates, zero past T
     if lstm:
-        F[:T] = rec.gates[:, :, 2]
-        F[T:] = 0
-    Dh[T:] = 0
-    V[T:] = 0
+        Fp[:, :T] = rec.gates[:, 2].transpose(1, 0, 2)
+        Fp[:, T:] = 0
+    dyc = np.ascontiguousarray(dy.transpose(1, 0, 2)).reshape(O, T * B)
+    np.matmul(params["W_hy"].T, dyc, out=_view(Dh[:, :T], (H, T * B)))  # direct terms
+    _factors(rec, 0, T, V.transpose(2, 0, 1, 3), ws.get("g_lagtmp", (T, 3, H, B), dt))
+    Dh[:, T:] = 0
+    V[:, :, T:] = 0
     A.fill(0)
-    Gh = ws.get("g_lagGh", (nC, B, H), dt)
-    Gc = ws.get("g_lagGc", (nC, B, H), dt, zero=True)
-    Ach = ws.get("g_lagAch", (nC, B, 5, H), dt)
-    Wb = w.b_hh
+    Gh = ws.get("g_lagGh", (H, nC, B), dt)
+    Gc = ws.get("g_lagGc", (H, nC, B), dt, zero=True)
+    Ach = ws.get("g_lagAch", (5, H, nC, B), dt)
+    WbT = np.ascontiguousarray(w.b_hh.T)
     k0 = _MATMUL_FROM[rec.cell]
-    Gh[...] = Dh[C - 1 :: C]  # lag 0: each chain at its chunk's last step
+    Gh[...] = Dh[:, C - 1 :: C]  # lag 0: each chain at its chunk's last step
     for j in range(W):
         lo = j // C
         if lo >= nC:
             break
         p0 = (lo + 1) * C - 1 - j
         at = slice(p0, p0 + (nC - lo) * C, C)  # the steps the live chains sit at
-        g, ach, v = Gh[lo:, :, None, :], Ach[lo:], V[at]
+        g, ach, v = Gh[:, lo:], Ach[:, :, lo:], V[:, :, at]
         if lstm:
-            np.multiply(g, v[:, :, 0:2], out=ach[:, :, 0:2])  # dh Q, da_o
-            gc = Gc[lo:]
-            gc += ach[:, :, 0]
-            np.multiply(gc[:, :, None, :], v[:, :, 2:5], out=ach[:, :, 2:5])
+            np.multiply(g, v[0:2], out=ach[0:2])  # dh Q, da_o
+            gc = Gc[:, lo:]
+            gc += ach[0]
+            np.multiply(gc, v[2:5], out=ach[2:5])
         else:
-            np.multiply(g, v[:, :, 0:3], out=ach[:, :, 0:3])  # dh z, da_n, da_z
-            np.multiply(ach[:, :, 1:2], v[:, :, 3:5], out=ach[:, :, 3:5])  # da_r, da_hn
-        A[at] += ach[:, :, 1:5]
+            np.multiply(g, v[0:3], out=ach[0:3])  # dh z, da_n, da_z
+            np.multiply(ach[1], v[3:5], out=ach[3:5])  # da_r, da_hn
+        A[:, :, at] += ach[1:5]
         lo2 = (j + 1) // C
         if j + 1 == W or lo2 >= nC:
             break
         k = lo2 - lo  # chains that reached step 0 drop out
-        nxt = Gh[lo2:].reshape(-1, H)
+        n2 = nC - lo2
         if lstm:
-            Gc[lo2:] *= F[at][k:]
-        np.matmul(Ach[lo2:, :, k0:5].reshape(-1, (5 - k0) * H), Wb, out=nxt)
+            Gc[:, lo2:] *= Fp[:, p0 + k * C : p0 + (nC - lo) * C : C]
+        np.matmul(WbT, Ach[k0:5, :, lo2:].reshape((5 - k0) * H, n2 * B), out=_view(Gh[:, lo2:], (H, n2 * B)))
         if not lstm:
-            Gh[lo2:] += Ach[lo2:, :, 0]
+            Gh[:, lo2:] += Ach[0, :, lo2:]
         if j + 1 < C:  # still inside the chunk: the losses of the step before
-            Gh[lo2:] += Dh[p0 - 1 + k * C : p0 - 1 + (nC - lo) * C : C]
+            Gh[:, lo2:] += Dh[:, p0 - 1 + k * C : p0 - 1 + (nC - lo) * C : C]
     acc = _Grads(rec.cell, I, H, dt)
-    acc.add(A[:T].reshape(T * B, 4 * H), x.reshape(T * B, I), rec.hs[:T].reshape(T * B, H))
+    acc.add(A[:, :, :T].reshape(4 * H, T * B), x.reshape(T * B, I), rec.h_rows(0, T))
     return acc
 
 
@@ -675,16 +684,14 @@ def loss_and_gradients(params: dict, x: np.ndarray, targets: np.ndarray, mask: n
     rec = _Record(cell, T, B, H, x.dtype, ws)
     rec.set_h0(h0)
     _forward_steps(rec, w, x, 0, T)
-    ws._states = rec.hs
-    y = ws.get("g_y", (O, T, B), x.dtype)
-    value, dy = _loss(params, rec, targets, mask, loss, 0, T, y)
+    ws._states = rec.hs.transpose(0, 2, 1)
+    value, dy = _loss(params, rec, targets, mask, loss, 0, T, ws.get("g_y", (T, O, B), x.dtype))
     C, W = tr.chunk_and_window(T)
     if W == C:
         acc = _chain_gradients(params, x, rec, w, dy, C, ws)
     else:
         acc = _lag_gradients(params, x, rec, w, dy, C, W, ws)
-    dy2 = dy.reshape(O, T * B)
-    grads = acc.result(params, dy2 @ rec.hs[1:].reshape(T * B, H), dy2.sum(axis=1))
+    grads = acc.result(params, *_output_grads(dy, rec.hs[1:]))
     return value, grads, rec.state(T)
 
 
@@ -698,7 +705,7 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
     one chain from the chunk's last step to the window start (both carries dropped there),
     every step's Jacobian with the weight_hh it ran with, and ``on_chunk(index, loss, grads)``
     may update ``params`` in place. Chunks without a supervised step are skipped. Returns the
-    last state. The per-chunk work is the whole-sequence engine's pieces on the window's rows.
+    last state. The per-chunk work is the whole-sequence engine's pieces on the window's steps.
     """
     tr = parse(truncation)
     _check_truncation(tr)
@@ -716,13 +723,13 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
     supervised = (np.add.reduceat(mask.sum(axis=1), firsts) > 0).tolist()
     rec = _Record(cell, T, B, H, dt, ws)
     rec.set_h0(h0)
-    ws._states = rec.hs
+    ws._states = rec.hs.transpose(0, 2, 1)
     R = Wmax // C + 2
     ring: list = [None] * R  # ring[c % R]: chunk c's backward weight_hh
-    V = ws.get("g_cV", (Wmax, B, 5, H), dt)
-    tmp = ws.get("g_ctmp", (Wmax, B, 3, H), dt)
-    A = ws.get("g_cA", (Wmax, B, 5 * H + O), dt)
-    y = ws.get("g_cy", (O * C * B,), dt)
+    V = ws.get("g_cV", (Wmax, 5, H, B), dt)
+    tmp = ws.get("g_ctmp", (Wmax, 3, H, B), dt)
+    A = ws.get("g_cA", (Wmax, 5 * H + O, B), dt)
+    y = ws.get("g_cy", (C * O * B,), dt)
     for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
         w = _Weights(params, cell)
         ring[c % R] = w.b_hh
@@ -730,25 +737,25 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
         if not supervised[c]:
             continue
         n, L = b - a, b - f
-        value, dy = _loss(params, rec, targets, mask, loss, a, b, y[: O * n * B].reshape(O, n, B))
+        value, dy = _loss(params, rec, targets, mask, loss, a, b, y[: n * O * B].reshape(n, O, B))
         W_hy = params["W_hy"]
-        # Row s - f of A: step s of the window; its tail dL/dy_{s-1}, non-zero on the chunk's own steps.
-        A[: a - f + 1, :, 5 * H :] = 0
-        A[a - f + 1 : L, :, 5 * H :] = dy[:, : n - 1].transpose(1, 2, 0)
-        gh = dy[:, n - 1].T @ W_hy  # dL/dh at the chunk's last step
-        gc = np.zeros((B, H), dt)
+        W_hyT = np.ascontiguousarray(W_hy.T)
+        # Step s of the window is A[s - f]; its tail dL/dy_{s-1}, non-zero on the chunk's own steps.
+        A[: a - f + 1, 5 * H :] = 0
+        A[a - f + 1 : L, 5 * H :] = dy[: n - 1]
+        gh = W_hyT @ dy[n - 1]  # dL/dh at the chunk's last step
+        gc = np.zeros((H, B), dt)
         _factors(rec, f, b, V, tmp)
-        stacked: dict = {}  # ring slot -> [that chunk's backward weight_hh; W_hy]
+        stacked: dict = {}  # ring slot -> [that chunk's backward weight_hh; W_hy]^T
         for s in range(f, b):
             if (s // C) % R not in stacked:
-                stacked[(s // C) % R] = np.concatenate([ring[(s // C) % R], W_hy])
+                stacked[(s // C) % R] = _stacked_T(ring[(s // C) % R], W_hy)
         Ws = [stacked[(s // C) % R] for s in range(f, b)]
-        F = rec.gates[f:b, :, 2] if cell == "lstm" else None
-        _chain(cell, V[:L], F, A[:L], gh, gc, Ws, W_hy, [s == f for s in range(f, b)])
+        F = rec.gates[f:b, 2] if cell == "lstm" else None
+        _chain(cell, V[:L], F, A[:L], gh, gc, Ws, W_hyT, [s == f for s in range(f, b)])
         acc = _Grads(cell, I, H, dt)
-        acc.add(A[:L].reshape(L * B, -1)[:, H : 5 * H], x[f:b].reshape(L * B, I), rec.hs[f:b].reshape(L * B, H))
-        dy2 = dy.reshape(O, n * B)
-        grads = acc.result(params, dy2 @ rec.hs[a + 1 : b + 1].reshape(n * B, H), dy2.sum(axis=1))
+        acc.add(_gate_columns(A[:L], H), x[f:b].reshape(L * B, I), rec.h_rows(f, b))
+        grads = acc.result(params, *_output_grads(dy, rec.hs[a + 1 : b + 1]))
         on_chunk(c, value, grads)
     return rec.state(T)
 
@@ -756,25 +763,26 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
 # -- diagnostics ------------------------------------------------------------------------------
 def _step_jacobians(rec: _Record, w: _Weights, s: int) -> np.ndarray:
     """d state_s / d state_{s-1} (B, S, S) for step s, S = H (GRU) or 2H (LSTM, h then c)."""
-    B, H = rec.hs.shape[1:]
+    H, B = rec.hs.shape[1:]
     dt = rec.hs.dtype
-    V = np.empty((1, B, 5, H), dt)
-    _factors(rec, s, s + 1, V, np.empty((1, B, 3, H), dt))
-    v = V[0][:, :, :, None]  # (B, 5, H, 1): row scalings
+    V = np.empty((1, 5, H, B), dt)
+    _factors(rec, s, s + 1, V, np.empty((1, 3, H, B), dt))
+    vb = V[0].transpose(2, 0, 1)  # (B, 5, H)
+    v = vb[:, :, :, None]  # row scalings
     Wb = w.b_hh.reshape(-1, H, H)  # internal order blocks, rows = gate units
     eye = np.arange(H)
     if rec.cell == "gru":
         # dh/dh_prev = diag(z) + diag(V_n) [diag(r) W_hn + diag(V_r) W_hr] + diag(V_z) W_hz
         J = v[:, 1] * (v[:, 4] * Wb[2] + v[:, 3] * Wb[1]) + v[:, 2] * Wb[0]
-        J[:, eye, eye] += V[0][:, 0]
+        J[:, eye, eye] += vb[:, 0]
         return J
-    f = rec.gates[s, :, 2]
+    f = rec.gates[s, 2].T  # (B, H)
     dc_dh = v[:, 2] * Wb[1] + v[:, 3] * Wb[2] + v[:, 4] * Wb[3]
     J = np.zeros((B, 2 * H, 2 * H), dt)
     J[:, H:, :H] = dc_dh
     J[:, H + eye, H + eye] = f
     J[:, :H, :H] = v[:, 1] * Wb[0] + v[:, 0] * dc_dh  # dh/dh_prev: through o, and through c (Q)
-    J[:, eye, H + eye] = V[0][:, 0] * f
+    J[:, eye, H + eye] = vb[:, 0] * f
     return J
 
 
@@ -820,18 +828,18 @@ def lag_profile(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarr
     lstm = cell == "lstm"
     # dL_tb/dy_t unnormalised, zero where m = 0: the loss with the mask scaled by sum(m).
     O = params["W_hy"].shape[0]
-    y = np.empty((O, T, B), dt)
-    _, dy = _loss(params, rec, targets, mask, loss, 0, T, y)
+    _, dy = _loss(params, rec, targets, mask, loss, 0, T, np.empty((T, O, B), dt))
     dy = dy * np.float64(mask.sum())
-    Dh = (dy.reshape(O, T * B).T @ params["W_hy"]).reshape(T, B, H).astype(np.float64)
+    Dh = (dy.transpose(0, 2, 1) @ params["W_hy"]).astype(np.float64)  # (T, B, H)
     # float64 throughout: the profile is small, and its far lags are tiny numbers.
     rec64 = _Record(cell, T, B, H, np.float64, Workspace())
     for k in ("hs", "gates", "cs", "tc", "hn"):
         if getattr(rec, k) is not None:
             getattr(rec64, k)[...] = getattr(rec, k)
-    V = np.empty((T, B, 5, H))
-    _factors(rec64, 0, T, V, np.empty((T, B, 3, H)))
-    F = rec64.gates[:, :, 2]
+    V = np.empty((T, 5, H, B))
+    _factors(rec64, 0, T, V, np.empty((T, 3, H, B)))
+    V = V.transpose(0, 3, 1, 2)  # (T, B, 5, H): rows per (step, sample), as the chains
+    F = rec64.gates[:, 2].transpose(0, 2, 1)
     Wb = w.b_hh.astype(np.float64)
     J = int(min(T - 1, max_lag))
     per_step = mask.sum(axis=1).astype(np.int64)
@@ -881,7 +889,7 @@ def gate_saturation(params: dict, x: np.ndarray, *, cell: str, h0=None) -> dict:
     x = x.astype(params["weight_ih"].dtype, copy=False)
     h0 = _check_h0(h0, cell, x.shape[1], H, x.dtype)
     rec = _run_forward(params, x, cell, h0, Workspace())
-    g = rec.gates[:, :, 2 if cell == "lstm" else 1]
+    g = rec.gates[:, 2 if cell == "lstm" else 1]
     lo, hi = SATURATED
     return {"gate": "forget" if cell == "lstm" else "update", "high": float((g > hi).mean()),
             "low": float((g < lo).mean())}
