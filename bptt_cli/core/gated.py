@@ -42,24 +42,31 @@ starts at its chunk's last step (c+1)C - 1, at lag j all live chains sit C steps
 a strided view of the per-step arrays feeds ONE batched matmul per lag for all of them.
 
 What differs is the gate work, elementwise and many times the Elman cell's. It runs in as few
-NumPy calls per step as the algebra allows:
+NumPy calls per step, each over as few and as contiguous elements, as the algebra allows:
 
-- Internal gate orders, permuted once per call from PyTorch's: LSTM (o, i, f, g) so that the
-  sigmoid gates are one slice and the three gates multiplied by dc are another; GRU (n, z, r)
-  on the input side and (z, r, n) on the hidden side, so that A = [da_n, da_z, da_r, da_hn]
-  holds A_ih as its first three blocks and A_hh as its last three.
-- sigma(a) = (1 + tanh(a/2)) / 2, with the sigmoid rows of the weights pre-scaled by 1/2
-  (exact in binary floating point): one np.tanh covers all four LSTM gates.
-- Everything a backward step needs that does not depend on the adjoints (the products
-  tanh(c) o(1-o), g i(1-i), c_{t-1} f(1-f), i(1-g^2), o(1-tanh(c)^2) for the LSTM;
-  (1-z)(1-n^2), (h-n) z(1-z), hn r(1-r), r for the GRU) is computed for a block of steps at
-  once, so the step itself is: LSTM 7 calls (dh, dc, two broadcast products into A, dc f, one
-  matmul); GRU 6 (dh, two broadcast products into A, dh z, one matmul, add).
-- Input projections x W_ih^T for all steps are one matmul, the biases folded in
-  (b_ih + b_hh except the GRU's b_hn, which sits inside r * (.)); the forward step is a
-  matmul plus 9 (LSTM) or 11 (GRU) elementwise calls on preallocated buffers.
+- Feature-major arrays: a step's state, gates and adjoints are (features, B) blocks (h^T),
+  so a gate slice or a broadcast over gates is one contiguous run of memory; with rows
+  (B, features) the same calls are strided and 2-3x slower per element at these sizes.
+  Matmuls are the transposed ones (gates^T = W_hh h^T), the same FLOPs.
+- Internal gate orders, permuted once per call from PyTorch's: LSTM (o, i, f, g), GRU (n, z, r)
+  on the input side and (z, r, n) on the hidden side, so that the slices each call needs are
+  contiguous blocks (below).
+- One np.exp for all of a step's sigmoid gates, and for the LSTM's g too: the weights' rows are
+  pre-scaled by -1 (sigmoid gates) or -2 (g, exact in binary floating point), then
+  sigma(a) = 1 / (1 + exp(-a)) and tanh(a) = 2 sigma(2a) - 1. NumPy's float32 exp costs about
+  half its tanh, and np.divide(1, .) a third of np.reciprocal (the first is vectorised).
+- Everything a backward step needs that does not depend on the adjoints is computed for a
+  block of steps at once: V = [Q, V_o, V_i, V_f, V_g] (LSTM) or [z, V_n, V_z, V_r, r] (GRU), see
+  ``_factors``. A step's adjoint block is [five H-blocks | dy_{t-1}], laid out so that the
+  gate adjoints come from two broadcast products and dL/dh_{t-1}, its direct term included,
+  from ONE matmul with the stacked [weight_hh; W_hy]^T. Backward step: LSTM 5 calls
+  (dh [Q, V_o]; dc += dh Q; dc [V_i, V_f, V_g]; dc f; matmul), GRU 4 (dh [z, V_n, V_z];
+  da_n [V_r, r]; matmul; + dh z).
+- Input projections W_ih x^T for all steps are one (batched) matmul, the biases folded in
+  (b_ih + b_hh except the GRU's b_hn, which sits inside r * (.)); a forward step is a matmul
+  plus 11 elementwise calls on preallocated buffers (both cells).
 
-Memory: the forward keeps the activated gates (T, B, G, H), the states, and tanh(c_t) (LSTM)
+Memory: the forward keeps the activated gates (T, G, H, B), the states, and tanh(c_t) (LSTM)
 or hn (GRU); the chain adds block-sized buffers, the lag sweep T-sized ones (factors,
 adjoints), so O(T B G H) in every mode.
 
