@@ -448,3 +448,27 @@ def test_new_keys_stay_out_of_every_earlier_config(path):
     for key in ("loss_reduction", "eps_inside_sqrt", "init_params", "init_from", "variant", "reset_state_at_end"):
         assert key not in text, key
     assert yaml.safe_load(text)  # still a config
+
+
+# -- the shipped classics, at smoke size ------------------------------------------------------
+CLASSIC_CONFIGS = sorted(CLASSICS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CLASSIC_CONFIGS, ids=lambda p: p.stem)
+def test_classic_config_trains_and_compares_at_smoke_size(invoke, tmp_path, monkeypatch, config):
+    monkeypatch.chdir(ROOT)  # task.path is relative to the checkout, as the headers say
+    result = invoke("train", config, "--smoke", "--runs-root", tmp_path / "train", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads(result.stdout)["status"] == "completed"
+    if load_config(config).compare is not None:
+        result = invoke("compare", config, "--smoke", "--workers", "1", "--runs-root", tmp_path / "compare", "-q")
+        assert result.exit_code == 0, result.output
+
+
+def test_the_three_classics_are_shipped_with_a_header():
+    assert [p.stem for p in CLASSIC_CONFIGS] == ["aicher_copy", "min_char_rnn", "pascanu_temporal_order"]
+    for p in CLASSIC_CONFIGS:
+        head = p.read_text().split("\nname:")[0]
+        assert "What the original reports" in head and "What bptt gets" in head, p.name
