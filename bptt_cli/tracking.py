@@ -155,6 +155,8 @@ class TensorBoard:
         # purge_step: a resumed run's earlier session may have logged past its checkpoint;
         # TensorBoard drops those events in favour of the new ones.
         purge = None if info.resume_update is None else info.resume_update + 1
+        if purge is None and any(self.logdir.glob("events.out.tfevents.*")):
+            purge = 0  # a variant started again from scratch: its earlier attempt's events go
         self.writer = SummaryWriter(logdir=str(self.logdir), purge_step=purge, flush_secs=10)
         lines = "\n".join(f"    {k}: {v}" for k, v in params_of(info.config).items())
         self.writer.add_text("config", lines, 0)
