@@ -226,10 +226,10 @@ def test_influence_training_moves_theta_only_and_full_converges_where_truncation
     assert loss_full < 0.47 < 0.5 < 10 < loss_trunc  # 0.5: the loss at theta = 0
 
 
-def test_influence_refuses_a_model_that_does_not_fit(invoke):
-    res = invoke("train", *sets("task.name=influence", "model.hidden=8", "model.activation=identity"), "--run-dir", "/tmp/never-made-x")
+def test_influence_refuses_a_model_that_does_not_fit(invoke, tmp_path):
+    res = invoke("train", *sets("task.name=influence", "model.hidden=8", "model.activation=identity"), "--run-dir", tmp_path / "r")
     assert_user_error(res, "model.hidden = units = 10")
-    assert not Path("/tmp/never-made-x").exists()
+    assert not (tmp_path / "r").exists()
 
 
 def test_random_modes_scatter_and_are_not_told_from_unbiased():
@@ -375,3 +375,22 @@ def test_config_takes_the_new_modes_and_adapt_every():
     ):
         with pytest.raises(Exception, match=fragment):
             load_config(None, bad)
+
+
+def test_artbp_chunk_updates_weigh_each_segment_by_its_length(monkeypatch):
+    """A segment's mean-loss gradient times (its supervised entries / those of a segment of mean
+    length): the scales of a step add up to T / MEAN, whatever the draw."""
+    scales: list[tuple[int, float]] = []
+    original = Trainer.apply_update
+
+    def spy(self, state, grads, **kw):
+        scales.append((kw["step"], kw.get("scale")))
+        return original(self, state, grads, **kw)
+
+    monkeypatch.setattr(Trainer, "apply_update", spy)
+    cfg = _cfg("artbp:3", "truncation.update_every=chunk")
+    _run(cfg)
+    for step in range(1, 7):
+        mine = [s for st, s in scales if st == step]
+        assert len(mine) > 1 and sum(mine) == pytest.approx(12 / 3)
+    assert len({s for _, s in scales}) > 1
