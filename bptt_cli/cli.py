@@ -585,7 +585,7 @@ def _print_compare(result: dict, sort: str | None) -> None:
         con.print(table)
     if any(r.get("status") != "completed" for r in result["variants"]) or len(result["variants"]) <= 12:
         con.print(render.variants_table(result))
-    con.print(f"results: {result['path']}/compare.json, compare.csv", markup=False, highlight=False)
+    con.print(f"results: {result['path']}/compare.json, compare.csv, compare_summary.csv", markup=False, highlight=False)
 
 
 @app.command()

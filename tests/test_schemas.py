@@ -28,8 +28,11 @@ def compare_dir(tmp_path_factory) -> Path:
 
     from bptt_cli.cli import app
 
+    from bptt_cli import safeio
+
     root = tmp_path_factory.mktemp("schemas")
     old = os.umask(0o002)
+    safeio._UMASK = None  # bptt reads the umask once per process
     try:
         result = CliRunner().invoke(app, [
             "compare", str(DELAY), "--runs-root", str(root), *sets(*DIAG), "--modes", "full,k_truncated:1",
@@ -37,6 +40,7 @@ def compare_dir(tmp_path_factory) -> Path:
         ], env={"COLUMNS": "200"})  # fmt: skip
     finally:
         os.umask(old)
+        safeio._UMASK = None
     assert result.exit_code == 0, result.output
     (path,) = (root / "delay").glob("compare-*")
     return path
