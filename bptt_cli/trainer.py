@@ -119,6 +119,11 @@ class Trainer:
             self.initial_state()
         if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
             self.task.initial_params(cfg.model.hidden, cfg.model.activation, self.dtype)
+        if cfg.model.cell != "elman" and (self.truncation.random or self.truncation.adaptive is not None):
+            raise InvalidInputError(  # refused here, before a run directory is written
+                f"truncation {self.truncation} is implemented for the elman cell only; gated cells (gru, lstm) "
+                "take full, k_truncated:K, subsequence:K or tbptt:K1:K2"
+            )
 
     # -- state ------------------------------------------------------------------------
     def initial_state(self, *, from_file: bool = True) -> TrainState:

@@ -394,3 +394,10 @@ def test_artbp_chunk_updates_weigh_each_segment_by_its_length(monkeypatch):
         mine = [s for st, s in scales if st == step]
         assert len(mine) > 1 and sum(mine) == pytest.approx(12 / 3)
     assert len({s for _, s in scales}) > 1
+
+
+@pytest.mark.parametrize("mode", ["random_k:3", "artbp:3", "adaptive:0.1"])
+def test_new_modes_refuse_a_gated_cell_before_a_run_exists(invoke, tmp_path, mode):
+    res = invoke("train", *sets(*SMALL, "model.cell=gru", "model.init=pytorch", f"truncation.mode={mode}"), "--runs-root", tmp_path)
+    assert_user_error(res, "elman cell only")
+    assert not list(tmp_path.rglob("config.yaml"))
