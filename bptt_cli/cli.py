@@ -219,6 +219,10 @@ def train(
 
 def _train_exit_code(path: Path, summary: dict, fail_on_diverge: bool) -> int:
     """Say how the run ended on stderr and choose the exit code."""
+    from bptt_cli import tracking
+
+    for line in tracking.problems(summary):  # the run went on; say so, the exit code does not change
+        err.print(line, markup=False)
     status = summary["status"]
     if status == "interrupted":
         err.print(f"interrupted; continue with: bptt train --resume {path}", markup=False)

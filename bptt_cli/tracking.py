@@ -441,6 +441,17 @@ class Tracker:
         return out
 
 
+def problems(summary: dict) -> list[str]:
+    """One line per tracking backend of a run's summary that did not do its job (for stderr)."""
+    t = summary.get("tracking")
+    if not isinstance(t, dict):
+        return []
+    out = [f"tracking: {name} failed: {r.get('error')}" for name, r in t.items() if isinstance(r, dict) and r.get("status") == "failed"]
+    if isinstance(t.get("error"), str):
+        out.append(f"tracking failed: {t['error']}")
+    return out
+
+
 def start(config: dict, run_dir: Path, *, resume_update: int | None = None, previous: dict | None = None) -> Tracker | None:
     """A Tracker for the run in ``run_dir`` when its config (plain data) asks for one, else None."""
     tracking = config.get("tracking")

@@ -240,12 +240,21 @@ def test_a_backend_that_is_missing_or_raises_never_stops_the_run(tmp_path, monke
 
 def test_an_unusable_mlflow_store_is_recorded_and_the_run_goes_on(tmp_path):
     pytest.importorskip("mlflow")
+    from typer.testing import CliRunner
+
+    from bptt_cli.cli import app
+
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    d, summary = _run(tmp_path, "run", f"tracking.mlflow.uri=sqlite:///{blocker}/sub/mlflow.db")
-    assert summary["status"] == "completed"
+    args = ["train", "--quiet", "--run-dir", str(tmp_path / "run"), *[a for s in SMALL for a in ("--set", s)],
+            "--set", f"tracking.mlflow.uri=sqlite:///{blocker}/sub/mlflow.db"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output  # the run's own result decides the exit code
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps_done"] == 6
     ml = summary["tracking"]["mlflow"]
     assert ml["status"] == "failed" and "at the start; the run went on" in ml["error"], ml
+    assert "tracking: mlflow failed: " in result.output  # and the user is told
 
 
 def test_an_unreachable_mlflow_server_never_holds_the_run_up(tmp_path, monkeypatch):
