@@ -116,8 +116,9 @@ def _cell(cells: list[Any], i: int) -> Any:
 class FitTable:
     """A rich table that fits the width it is drawn in by leaving out whole columns.
 
-    Columns go in ``drop`` order until the table's natural width fits; the ones left out
-    are named in the caption. If the columns that never go are still too wide (a very
+    First every column, in the given layout or a more compact one (``layouts``: the same
+    rows as other columns, e.g. shorter bars); then columns go in ``drop`` order until the
+    table's natural width fits, and the ones left out are named in the caption. If the columns that never go are still too wide (a very
     narrow terminal), cells fold onto more lines rather than lose characters."""
 
     def __init__(
@@ -148,12 +149,13 @@ class FitTable:
     def fit(self, console: Console, options: ConsoleOptions) -> Table:
         width = options.max_width
         wide = options.update_width(1_000_000)
-        for columns in self.layouts:
-            kept = list(columns)
-            hidden: list[str] = []
-            table = self.build(kept)
+        for columns in self.layouts:  # every column, in a more compact layout if need be
+            table = self.build(columns)
             if Measurement.get(console, wide, table).maximum <= width:
                 return table
+        for columns in self.layouts:  # then leave columns out
+            kept = list(columns)
+            hidden: list[str] = []
             for c in sorted((c for c in columns if c.drop), key=lambda c: -c.drop):
                 kept.remove(c)
                 hidden.append(c.header)
@@ -240,26 +242,25 @@ def _short(key: str) -> str:
     return {"accuracy": "acc", "error_rate": "err"}.get(key, key)
 
 
-def flow_table(diag: dict, *, title: str, width: int = 30, max_rows: int = 16) -> Table:
-    """Gradient norm ||dL_t/dh_{t-j}|| by lag j, with a log-scale bar."""
+def flow_table(diag: dict, *, title: str, width: int = 30, max_rows: int = 16) -> FitTable:
+    """Gradient norm ||dL_t/dh_{t-j}|| by lag j, with a log-scale bar (left out when narrow)."""
     flow = diag.get("flow", {})
     lags, norms = flow.get("lags", []), flow.get("norms", [])
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", caption=_decay_caption(flow))
-    table.add_column("lag j", justify="right")
-    table.add_column("mean ||dL_t/dh_{t-j}||", justify="right")
-    table.add_column("log scale", justify="left")
     finite = [math.log10(n) for n in norms if n and n > 0 and math.isfinite(n)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     span = hi - lo or 1.0
     shown = set(pick_rows(len(lags), max(1, math.ceil(len(lags) / max_rows))))
+    cols = [Column("lag j"), Column("mean ||dL_t/dh_{t-j}||"), Column("log scale", justify="left", drop=1)]
+    short = Column("log scale", justify="left", drop=1)  # a narrower terminal: bars half as long
     for i, (j, n) in enumerate(zip(lags, norms)):
         if i not in shown:
             continue
-        bar = ""
+        bars = ["", ""]
         if n and n > 0 and math.isfinite(n):
-            bar = "█" * max(1, int(round((math.log10(n) - lo) / span * (width - 1))) + 1)
-        table.add_row(str(j), fmt(n), bar)
-    return table
+            bars = ["█" * max(1, int(round((math.log10(n) - lo) / span * (w - 1))) + 1) for w in (width, width // 2)]
+        for c, cell in zip([*cols, short], (str(j), fmt(n), *bars)):
+            c.cells.append(cell)
+    return FitTable(cols, layouts=[cols[:2] + [short]], title=title, caption=_decay_caption(flow), box=box.SIMPLE_HEAD, title_justify="left")
 
 
 def _decay_caption(flow: dict) -> str:

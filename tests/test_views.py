@@ -276,3 +276,10 @@ def test_a_loss_axis_spanning_decades_is_logarithmic(tmp_path):
     assert fig.axes[0].get_yscale() == "log" and fig.axes[1].get_yscale() == "linear"
     fig = plot.figure([run("a", [2.0, 1.0, 0.5]), run("b", [2.0, 1.5, 1.2])])
     assert fig.axes[0].get_yscale() == "linear"
+
+
+def test_the_flow_table_shortens_its_bars_before_leaving_them_out():
+    diag = {"flow": {"lags": list(range(8)), "norms": [0.9 * 0.5**j for j in range(8)], "decay_per_step": 0.5, "halves_every": 1.0}}
+    wide, narrow = (text_of(render.flow_table(diag, title="flow"), width=w) for w in (120, 60))
+    assert "█" * 30 in wide and "█" * 15 in narrow and "█" * 16 not in narrow
+    assert "0.007031" in narrow and widest(narrow) <= 60
