@@ -13,7 +13,7 @@ was logged, each drawn from the run files alone:
                                                                                  on a truncated mode
 
 A y axis is logarithmic where its values span two decades or more (one diverging run must
-not flatten the rest). The first differing key sets the colour, the second the line style
+not flatten the rest), the loss axis already when the loss falls five-fold. The first differing key sets the colour, the second the line style
 (third: the marker), so thresholds of one mode never share a style; the legend sits outside
 the panels, and the title says what the runs share, from their configs.
 """
@@ -35,6 +35,7 @@ METRICS = ("accuracy", "bpc", "error_rate")  # the headline held-out metric, fir
 STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DECADES = 100.0  # max/min at which an axis turns logarithmic
+LOSS_FOLD = 5.0  # a loss that falls five-fold is read on a log axis (its late differences are what matter)
 
 
 class PlotUnavailable(BpttError):
@@ -117,9 +118,17 @@ def _band(series: Sequence[dict[Any, float]]) -> tuple[list, list[float], list[f
     return xs, mean, lo, hi
 
 
-def _spans_decades(values: Iterable[float]) -> bool:
+def _spans_decades(values: Iterable[float], ratio: float = DECADES) -> bool:
     vals = [v for v in values if _finite(v)]
-    return bool(vals) and min(vals) > 0 and max(vals) / min(vals) >= DECADES
+    return bool(vals) and min(vals) > 0 and max(vals) / min(vals) >= ratio
+
+
+def _minor_label(v: float, _pos: Any = None) -> str:
+    """Minor ticks of a log axis labelled at 2, 3 and 5 times a power of ten only."""
+    if v <= 0:
+        return ""
+    mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
+    return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 3, 5)) else ""
 
 
 def _diag(run: runs.Run, section: str, key: str) -> dict[int, float]:
@@ -293,7 +302,7 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
     ax["loss"].set(title="Loss (line: training, markers: held-out)", xlabel=step_label, ylabel="loss")
     ax["grad"].set(title="Gradient norm before clipping", xlabel=step_label, ylabel="||g||")
     top = max(seen["grad"], default=0.0)
-    above = sorted(t for _, t in thresholds if t > 3 * top)  # lines far above the data would squash it
+    above = sorted(t for _, t in thresholds if t > 2 * top)  # lines far above the data would squash it
     for t in sorted({t for _, t in thresholds} - set(above)):
         ax["grad"].axhline(t, color="0.3", ls=(0, (4, 3)), lw=1)
         ax["grad"].annotate(f"clip {t:g}", (1.0, t), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8, color="0.3")
@@ -315,9 +324,14 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
     if has_bias:
         ax["bias"].set(title="Truncation bias: cosine to the full-BPTT gradient", xlabel=step_label, ylabel="cosine")
         ax["bias"].axhline(1.0, color="0.6", lw=0.8)
-    for panel in ("loss", "grad"):
-        if _spans_decades(seen[panel]):
+    for panel, ratio in (("loss", LOSS_FOLD), ("grad", DECADES)):
+        if _spans_decades(seen[panel], ratio):
             ax[panel].set_yscale("log")
+            if not _spans_decades(seen[panel], DECADES):  # within two decades: 0.4, 0.6, 2 read better than 4 x 10^-1
+                from matplotlib.ticker import FormatStrFormatter, FuncFormatter
+
+                ax[panel].yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax[panel].yaxis.set_minor_formatter(FuncFormatter(_minor_label))
     for a in ax.values():
         a.grid(True, alpha=0.3)
         a.spines[["top", "right"]].set_visible(False)
