@@ -479,8 +479,12 @@ DIAG_HEADERS = {
     "flow_decay_per_step": ("decay/step", None),
     "spectrum_spectral_radius": ("spectral radius", None),
     "spectrum_saturated_share": ("saturated", None),
+    "flow_decay_per_step_c": ("decay/step c", None),  # the LSTM's cell state
+    "spectrum_gate_high": ("gates > 0.95", None),  # forget (LSTM) / update (GRU) gates that keep the state
+    "spectrum_gate_low": ("gates < 0.05", None),
 }
-DIAG_HIDDEN = ("flow_slope", "flow_halves_every", "flow_doubles_every", "bias_norm_mode", "bias_norm_full", "spectrum_max_singular_value")
+DIAG_HIDDEN = ("flow_slope", "flow_slope_c", "flow_halves_every", "flow_doubles_every", "bias_norm_mode", "bias_norm_full",
+               "spectrum_max_singular_value")  # fmt: skip
 LOWER_IS_BETTER = ("bpc", "error_rate", "loss")
 SORT_KEYS = tuple(c[0] for c in COMPARE_COLUMNS) + (
     "bias_cosine_mean", "bias_cosine_last", "bias_rel_error_mean", "bias_rel_error_last",

@@ -283,3 +283,22 @@ def test_the_flow_table_shortens_its_bars_before_leaving_them_out():
     wide, narrow = (text_of(render.flow_table(diag, title="flow"), width=w) for w in (120, 60))
     assert "█" * 30 in wide and "█" * 15 in narrow and "█" * 16 not in narrow
     assert "0.007031" in narrow and widest(narrow) <= 60
+
+
+def test_any_diagnostic_key_reaches_the_compare_as_mean_and_last():
+    from bptt_cli.compare.aggregate import diagnostic_columns
+
+    passes = [
+        {"step": 1, "update": 0, "flow": {"lags": [0, 1], "norms": [1.0, 0.5], "decay_per_step": 0.5},
+         "bias": {"cosine": 0.9, "rel_error": 0.4, "per_param": {"W_hh": {"cosine": 0.1}}}, "spectrum": {"gate": "forget", "gate_high": 0.2}},
+        {"step": 9, "update": 8, "flow": {"lags": [0, 1], "norms": [1.0, 0.7], "decay_per_step": 0.7},
+         "bias": {"cosine": 0.5, "rel_error": 0.8}, "spectrum": {"gate": "forget", "gate_high": 0.4}, "newer": {"thing": 3.0}},
+    ]  # fmt: skip
+    cols = diagnostic_columns(passes)
+    assert cols["bias_cosine_mean"] == pytest.approx(0.7) and cols["bias_cosine_last"] == 0.5
+    assert cols["bias_rel_error_last"] == 0.8 and cols["flow_decay_per_step_first"] == 0.5
+    assert cols["spectrum_gate_high_mean"] == pytest.approx(0.3) and cols["newer_thing_last"] == 3.0
+    assert cols["newer_thing_mean"] == 3.0 and not any("per_param" in k or "gate_mean" in k for k in cols)
+    row = {"group": "full", "statuses": {"completed": 1}, **cols}
+    text = text_of(render.compare_tables({"name": "x", "rows": [row]})[-1], width=400)
+    assert "gates > 0.95" in text and "newer thing" in text and "rel error" in text
