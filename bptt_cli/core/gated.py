@@ -241,7 +241,8 @@ class _Weights:
 
     f_ih (G H, I) and f_hh (G H, H): sigmoid rows scaled by -1 (the LSTM's g rows by -2), for
     the feature-major forward; f_b (G H, 1) the folded biases; b_hn (H, 1) the GRU's hidden-side
-    n bias; b_hh (G H, H) or (3 H, H): unscaled, for dh_{t-1} = b_hh^T A_hh in the backward.
+    n bias; bT (H, G H): weight_hh^T unscaled, internal order, for dh_{t-1} = bT A_hh in the
+    backward.
     """
 
     def __init__(self, params: dict, cell: str) -> None:
@@ -258,19 +259,19 @@ class _Weights:
         scale[list(_SIGMOID[cell])] = -1.0
         if cell == "gru":
             scale[0] = 1.0  # n: a plain tanh after r is known
-        self.f_ih = np.ascontiguousarray((Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1))
+        self.f_ih = (Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1)
+        perm = Whh[list(oh)]  # (G, H, H), internal order, a copy
+        self.bT = np.ascontiguousarray(perm.reshape(G * H, H).T)  # (H, G H)
         if cell == "lstm":
             self.f_b = ((bih + bhh)[list(oi)] * scale).reshape(-1, 1)
-            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * scale[:, :, None]).reshape(G * H, H))
-            self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(G * H, H))
+            self.f_hh = (perm * scale[:, :, None]).reshape(G * H, H)
             self.b_hn = None
         else:
             b = bih.copy()
             b[:2] += bhh[:2]  # r and z take both biases; n's hidden bias stays inside r * (.)
             self.f_b = (b[list(oi)] * scale).reshape(-1, 1)
             hs = np.array([-1.0, -1.0, 1.0], dt)[:, None, None]  # hidden side (z, r, n): z, r scaled
-            self.f_hh = np.ascontiguousarray((Whh[list(oh)] * hs).reshape(3 * H, H))
-            self.b_hh = np.ascontiguousarray(Whh[list(oh)].reshape(3 * H, H))
+            self.f_hh = (perm * hs).reshape(3 * H, H)
             self.b_hn = bhh[2].reshape(H, 1).copy()
 
 
@@ -417,7 +418,10 @@ def _loss(params, rec: _Record, targets, mask, loss: str, t0: int, t1: int, y: n
 
 def _output_grads(dy: np.ndarray, hs_after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(dW_hy (O, H), db_y (O,)) from dy (n, O, B) and h_t^T (n, H, B) of the same steps."""
-    return np.tensordot(dy, hs_after, axes=([0, 2], [0, 2])), dy.sum(axis=(0, 2))
+    n, O, B = dy.shape
+    dyc = dy.transpose(1, 0, 2).reshape(O, n * B)  # a view when dy is the loss's class-major buffer
+    h_rows = hs_after.transpose(0, 2, 1).reshape(n * B, -1)
+    return dyc @ h_rows, dyc.sum(axis=1)
 
 
 # -- backward pieces ----------------------------------------------------------------------------
@@ -483,9 +487,9 @@ def _view(a: np.ndarray, shape: tuple) -> np.ndarray:
     return v
 
 
-def _stacked_T(b_hh: np.ndarray, W_hy: np.ndarray) -> np.ndarray:
-    """[backward weight_hh blocks; W_hy]^T (H, G' H + O): one matmul for the gates' and the output's share."""
-    return np.ascontiguousarray(np.concatenate([b_hh, W_hy]).T)
+def _stacked_T(bT: np.ndarray, W_hy: np.ndarray) -> np.ndarray:
+    """[backward weight_hh blocks; W_hy]^T (H, G H + O): one matmul for the gates' and the output's share."""
+    return np.concatenate([bT, W_hy.T], axis=1)
 
 
 def _chain(cell: str, V, F, A, gh, gc, Ws: list, W_hyT, cuts: list) -> None:
@@ -589,7 +593,7 @@ def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Works
     gc = ws.get("g_gc", (H, B), dt, zero=True)
     np.matmul(W_hyT, dy[T - 1], out=gh)  # dL/dh_{T-1}: its direct term alone
     acc = _Grads(rec.cell, I, H, dt)
-    Ws = [_stacked_T(w.b_hh, params["W_hy"])] * Tb
+    Ws = [_stacked_T(w.bT, params["W_hy"])] * Tb
     F = rec.gates[:, 2] if rec.cell == "lstm" else None
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
@@ -638,7 +642,7 @@ def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws:
     Gh = ws.get("g_lagGh", (H, nC, B), dt)
     Gc = ws.get("g_lagGc", (H, nC, B), dt, zero=True)
     Ach = ws.get("g_lagAch", (5, H, nC, B), dt)
-    WbT = np.ascontiguousarray(w.b_hh.T)
+    WbT = w.bT
     k0 = _MATMUL_FROM[rec.cell]
     Gh[...] = Dh[:, C - 1 :: C]  # lag 0: each chain at its chunk's last step
     for j in range(W):
@@ -734,14 +738,14 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
     rec.set_h0(h0)
     ws._states = rec.hs.transpose(0, 2, 1)
     R = Wmax // C + 2
-    ring: list = [None] * R  # ring[c % R]: chunk c's backward weight_hh
+    ring: list = [None] * R  # ring[c % R]: chunk c's backward weight_hh^T
     V = ws.get("g_cV", (Wmax, 5, H, B), dt)
     tmp = ws.get("g_ctmp", (Wmax, 3, H, B), dt)
     A = ws.get("g_cA", (Wmax, 5 * H + O, B), dt)
     y = ws.get("g_cy", (C * O * B,), dt)
     for c, (a, b, f) in enumerate(zip(firsts.tolist(), lasts.tolist(), f_of.tolist())):
         w = _Weights(params, cell)
-        ring[c % R] = w.b_hh
+        ring[c % R] = w.bT
         _forward_steps(rec, w, x, a, b)
         if not supervised[c]:
             continue
@@ -778,7 +782,7 @@ def _step_jacobians(rec: _Record, w: _Weights, s: int) -> np.ndarray:
     _factors(rec, s, s + 1, V, np.empty((1, 3, H, B), dt))
     vb = V[0].transpose(2, 0, 1)  # (B, 5, H)
     v = vb[:, :, :, None]  # row scalings
-    Wb = w.b_hh.reshape(-1, H, H)  # internal order blocks, rows = gate units
+    Wb = w.bT.T.reshape(-1, H, H)  # internal order blocks, rows = gate units
     eye = np.arange(H)
     if rec.cell == "gru":
         # dh/dh_prev = diag(z) + diag(V_n) [diag(r) W_hn + diag(V_r) W_hr] + diag(V_z) W_hz
@@ -849,7 +853,7 @@ def lag_profile(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndarr
     _factors(rec64, 0, T, V, np.empty((T, 3, H, B)))
     V = V.transpose(0, 3, 1, 2)  # (T, B, 5, H): rows per (step, sample), as the chains
     F = rec64.gates[:, 2].transpose(0, 2, 1)
-    Wb = w.b_hh.astype(np.float64)
+    Wb = w.bT.T.astype(np.float64)
     J = int(min(T - 1, max_lag))
     per_step = mask.sum(axis=1).astype(np.int64)
     from_j = np.cumsum(per_step[::-1])[::-1]
