@@ -99,9 +99,19 @@ def params_of(config: dict) -> dict[str, str | float | bool]:
     return out
 
 
+def _spec(config: dict) -> str:
+    """The truncation spec (k_truncated:5) of a config's plain data."""
+    from bptt_cli.config import from_dict
+
+    try:
+        return from_dict(config).truncation.spec
+    except Exception:  # a config some other version wrote: its mode, as written
+        trunc = config.get("truncation") or {}
+        return str(trunc.get("mode", "")) if isinstance(trunc, dict) else str(trunc)
+
+
 def tags_of(config: dict, summary: dict | None = None) -> dict[str, str]:
-    trunc = config.get("truncation") or {}
-    mode = (summary or {}).get("truncation") or trunc.get("mode", "")
+    mode = (summary or {}).get("truncation") or _spec(config)
     tags = {
         "bptt.name": str(config.get("name", "")),
         "bptt.task": str((config.get("task") or {}).get("name", "")),

@@ -75,6 +75,8 @@ def test_metric_values_take_every_number_of_a_record_at_its_update():
     assert tracking.metric_values("eval", {"step": 3, "update": 3, "loss": 1.0, "accuracy@d=8": 0.5, "time": 1.0}) == (
         3, {"eval/loss": 1.0, "eval/accuracy@d=8": 0.5})  # fmt: skip
     assert tracking.mlflow_key("eval/accuracy@d=8") == "eval/accuracy_d_8"
+    config = cfgmod.to_dict(_cfg("truncation.mode=tbptt:2:4", "seed=7"))
+    assert tracking.tags_of(config) == {"bptt.name": "quickstart", "bptt.task": "delay", "bptt.mode": "tbptt:2:4", "bptt.seed": "7"}
 
 
 def test_tracking_config_is_off_by_default_and_left_out_of_the_dump():
