@@ -360,6 +360,7 @@ class RunWriter:
 
     def summary(self, data: dict) -> None:
         try:
+            data["schema_version"] = SCHEMA_VERSION  # the caller's dict too: what --json prints is the file
             data = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in data.items() if k != "schema_version"}}
             atomic_write(self.path / "summary.json", (json.dumps(_jsonable(data), indent=2) + "\n").encode())
         except OSError as e:

@@ -62,7 +62,7 @@ def test_writer_checkpoint_and_summary_are_atomic_and_readable(tmp_path):
     np.testing.assert_array_equal(back["param/W_hh"], arrays["param/W_hh"])
     assert int(back["step"]) == 7
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary == {"status": "running", "loss": None, "n": 3, "ok": True}  # NaN is written as null
+    assert summary == {"schema_version": runs.SCHEMA_VERSION, "status": "running", "loss": None, "n": 3, "ok": True}  # NaN is written as null
 
 
 def test_writer_appends_are_flushed_line_by_line(tmp_path):
