@@ -185,10 +185,12 @@ class CompareJson(_Record):
 
 class CompareCsvRow(_Record):
     """A row of compare.csv: one variant. Also one column per grid key, named by its dotted key
-    (clip.threshold) and holding that variant's value (empty for none), and for each scalar
+    (clip.threshold) and holding that variant's value (empty for none), ``eval_<metric>`` for
+    every held-out metric of the task (eval_accuracy, eval_bpc, ...), and for each scalar
     diagnostic ``<section>_<key>_mean`` and ``_last`` (bias_cosine_mean, bias_rel_error_last,
     flow_decay_per_step_last, spectrum_spectral_radius_mean, ...), mean over the run's
-    diagnostic passes and the last pass. Empty cells are missing values."""
+    diagnostic passes and the last pass; ``error`` (the first line) when a variant failed.
+    Empty cells are missing values."""
 
     compare: Optional[str] = F("config name of the compare", default=None)
     id: str = F("variant id (its directory)")
