@@ -606,7 +606,7 @@ def gradcheck(
     from bptt_cli import runs, threads
     from bptt_cli import config as cfgmod
     from bptt_cli.budget import check_budget
-    from bptt_cli.core.gradcheck import run_gradcheck
+    from bptt_cli.core.gradcheck import fixed_window, run_gradcheck
     from bptt_cli.trainer import gradcheck_slice
 
     with user_errors():
@@ -619,6 +619,7 @@ def gradcheck(
         else:
             k = max(1, min(3, T - 1))
             specs = list(dict.fromkeys([cfg.truncation.spec, "full", f"k_truncated:{k}", f"subsequence:{k}", f"tbptt:{k}:{2 * k}"]))
+            specs = [s for s in specs if fixed_window(s)]  # an adaptive or random mode has no one window to check
         setting = cfg.train.threads if threads_ is None else threads.parse_setting(threads_)
         with threads.limit(threads.choose(setting, batch=x.shape[1], hidden=cfg.model.hidden, dtype="float64")):
             rows = run_gradcheck(params, x, targets, mask, specs, activation=act, loss=loss, cell=cfg.model.cell)

@@ -276,3 +276,10 @@ def test_a_task_with_fixed_elman_weights_refuses_a_gated_cell(invoke, tmp_path):
     assert result.exit_code == 2, result.output
     assert "fixes an Elman model's weights; use model.cell: elman" in one_line(stderr_of(result))
     assert runs.find_runs(tmp_path) == []  # refused before a run directory exists
+
+
+@pytest.mark.parametrize("spec", ["random_k:3", "adaptive:0.1"])
+def test_gradcheck_refuses_a_mode_without_a_fixed_window(invoke, spec):
+    result = invoke("gradcheck", "configs/quickstart.yaml", "--modes", spec, "--steps", "4")
+    assert result.exit_code == 2, result.output
+    assert f"{spec} " in one_line(stderr_of(result)) and "fixed window" in one_line(stderr_of(result))

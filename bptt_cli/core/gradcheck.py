@@ -227,6 +227,13 @@ def reference_gradients(params, x, targets, mask, truncation, activation, loss, 
 
 
 # -- the check ------------------------------------------------------------------------------------
+def fixed_window(spec: str | Truncation) -> bool:
+    """Whether a mode keeps one window per step for good (what the reference re-derives):
+    not adaptive (K is picked while training) and not random (windows drawn per pass)."""
+    tr = parse(spec)
+    return not getattr(tr, "random", False) and getattr(tr, "adaptive", None) is None
+
+
 def _total_loss(params, x, targets, mask, activation, loss, h0, cell="elman"):
     if cell == "elman":
         hs, y = forward(params, x, activation=activation, h0=h0)
@@ -285,6 +292,13 @@ def run_gradcheck(
     """
     check_activation(activation)
     specs = [str(parse(m)) for m in modes]
+    for spec in specs:
+        if not fixed_window(spec):
+            why = "draws its windows at random" if parse(spec).random else "picks K while it trains"
+            raise InvalidInputError(
+                f"{spec} {why}; gradcheck checks modes with a fixed window: full, k_truncated:K, "
+                "subsequence:K, tbptt:K1:K2 (check the k_truncated:K an adaptive run uses)"
+            )
     if not eps > 0:
         raise InvalidInputError(f"eps must be > 0, got {eps!r}")
     if isinstance(max_entries, bool) or not isinstance(max_entries, (int, np.integer)) or max_entries < 1:
