@@ -360,8 +360,11 @@ def _checkpoint_cap(trainer: Trainer) -> int:
     cfg = trainer.cfg
     item = trainer.dtype.itemsize
     n_in, n_out, h = trainer.task.n_in, trainer.task.n_out, cfg.model.hidden
-    params = (n_in * h + h * h + h + h * n_out + n_out) * max(item, 8)
-    return 5 * params + cfg.train.batch_size * h * max(item, 8) + (1 << 16)
+    cell = getattr(cfg.model, "cell", "elman")
+    gates = {"gru": 3, "lstm": 4}.get(cell, 1)  # a gated cell's input/recurrent blocks: one per gate (core.gated.GATES)
+    params = (gates * h * (n_in + h + 2) + h * n_out + n_out) * max(item, 8)  # Elman: W_xh, W_hh, b_h (+1 h of slack)
+    carried = (2 if cell == "lstm" else 1) * cfg.train.batch_size * h * max(item, 8)  # the LSTM carries (h, c)
+    return 5 * params + carried + (1 << 16)
 
 
 def _final(last_update: dict, last_eval: dict) -> dict:
