@@ -55,7 +55,8 @@ def test_every_task_is_in_the_tasks_page(task):
 
 def test_every_truncation_mode_is_in_the_readme_table():
     section = README.split("## Truncation modes", 1)[1].split("\n## ", 1)[0]
-    for spec in ("`full`", "`k_truncated:K`", "`subsequence:K`", "`tbptt:K1:K2`"):
+    for spec in ("`full`", "`k_truncated:K`", "`subsequence:K`", "`tbptt:K1:K2`",
+                 "`adaptive:DELTA[:KMIN:KMAX]`", "`random_k:MEAN`", "`artbp:MEAN`"):
         assert spec in section
 
 
