@@ -261,8 +261,6 @@ def test_a_gated_model_too_large_for_memory_is_refused_naming_hidden(invoke):
     assert "lower model.hidden" in one_line(stderr_of(result)) and "weight_hh" in one_line(stderr_of(result))
 
 
-@pytest.mark.xfail(strict=True, reason="session._checkpoint_cap sizes the checkpoint as an Elman cell's; "
-                   "an LSTM with Adam at H = 128 holds more (reported to the owner of session.py)")
 def test_a_large_lstm_resumes(tmp_path):
     cfg = load_config(None, [*SMALL, "model.cell=lstm", "model.hidden=128", "train.steps=3"])
     run = tmp_path / "r"
