@@ -23,7 +23,7 @@ Gated cells (issue 14, ``--cells gru lstm``): the same update with ``core/gated.
 ``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``nn.Linear`` + SGD, float32, one thread each side,
 after the same float64 cross-check. Per cell the table prints the NumPy calls per time step
 (forward and backward chain) and where an update's time goes: BLAS (the update's matmuls,
-same shapes and count, replayed alone), Python and call overhead (the update's NumPy calls
+same count and sizes, replayed alone), Python and call overhead (the update's NumPy calls
 times the cost of one call on a 1-element array) and elementwise work (the rest); and, on
 config A, gated ``k_truncated:20`` against gated ``full`` (same run).
 """
@@ -182,7 +182,7 @@ def make_gated_updates(cell: str, cfg: _common.Config, dt, modes=("full",)):
 
 
 def gated_matmuls(cell: str, cfg: _common.Config, dt):
-    """The matmuls of one gated full-BPTT update, same shapes and count, as a function."""
+    """The matmuls of one gated full-BPTT update (the same count and sizes, in row-major form), as a function."""
     G = gated.GATES[cell]
     T, B, H, I, O = cfg.T, cfg.B, cfg.H, cfg.I, cfg.O
     rng = np.random.default_rng(0)
