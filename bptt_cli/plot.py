@@ -9,6 +9,7 @@ was logged, each drawn from the run files alone:
     metric      the held-out accuracy / bpc / error rate, with the chance line   when evaluated
     grad norm   ||g|| before clipping per step, the clip threshold dashed        always
     flow        mean ||dL_t/dh_{t-j}|| against lag j, first and last pass      when diagnostics ran
+    flow of c   the same for the LSTM's cell state c, beside each flow panel     when an lstm logged it
     bias        cosine to the full-BPTT gradient over training                   when diagnostics ran
                                                                                  on a truncated mode
 
@@ -135,13 +136,14 @@ def _diag(run: runs.Run, section: str, key: str) -> dict[int, float]:
     return {d["step"]: d[section][key] for d in run.diagnostics if _finite((d.get(section) or {}).get(key))}
 
 
-def _flow(run: runs.Run, which: int) -> dict[int, float]:
-    """{lag: mean norm} of the run's first (``which`` 0) or last (-1) gradient-flow pass."""
+def _flow(run: runs.Run, which: int, key: str = "norms") -> dict[int, float]:
+    """{lag: mean norm} of the run's first (``which`` 0) or last (-1) gradient-flow pass;
+    ``key`` norms_c: the LSTM's cell state ({} for a run that did not log it)."""
     passes = [d for d in run.diagnostics if (d.get("flow") or {}).get("norms")]
     if not passes:
         return {}
     flow = passes[which]["flow"]
-    return {j: n for j, n in zip(flow.get("lags", []), flow["norms"]) if _finite(n) and n > 0}
+    return {j: n for j, n in zip(flow.get("lags", []), flow.get(key) or []) if _finite(n) and n > 0}
 
 
 def _flow_passes(run: runs.Run) -> list[int]:
@@ -246,10 +248,16 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
     metric = next((m for m in METRICS if any(m in e for r in loaded for e in r.eval)), None)
     passes = max((len(_flow_passes(r)) for r in loaded), default=0)
     flows = ["flow_first", "flow_last"] if passes > 1 else ["flow_last"] if passes else []
+    with_c = bool(flows) and any((d.get("flow") or {}).get("norms_c") for r in loaded for d in r.diagnostics)
+    if with_c:  # an lstm: each flow panel with the cell state's beside it
+        flows = [p for f in flows for p in (f, f.replace("flow_", "flowc_"))]
     # Full BPTT's cosine to itself is 1: the bias panel is for runs that truncate.
     has_bias = any(_diag(r, "bias", "cosine") for r in loaded) and any(r.summary.get("truncation", "full") != "full" for r in loaded)
     panels = ["loss", *(["metric"] if metric else []), "grad", *flows, *(["bias"] if has_bias else [])]
     ncols = {1: 1, 2: 2, 3: 3, 4: 2}.get(len(panels), 3)
+    if with_c:  # two columns, the flow panels last, h and c of one pass on one row
+        head = ["loss", *(["metric"] if metric else []), "grad", *(["bias"] if has_bias else [])]
+        panels, ncols = [*head, *(["blank"] if len(head) % 2 else []), *flows], 2
     nrows = math.ceil(len(panels) / ncols)
     labels = [_label(row, keys) for row in view["rows"]]
     width = size[0] if size else 4.6 * ncols + 0.4
@@ -261,7 +269,7 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
     height = size[1] if size else 3.5 * nrows + 0.9 + 0.2 * legend_rows
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=dpi, squeeze=False, layout="constrained")
     ax = dict(zip(panels, axes.flat))
-    for extra in list(axes.flat)[len(panels) :]:
+    for extra in [*list(axes.flat)[len(panels) :], *([ax["blank"]] if "blank" in ax else [])]:
         extra.set_visible(False)
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = _styles(view["rows"], keys, palette)
@@ -273,8 +281,11 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
         if not series:
             return
         xs, mean, lo, hi = _band(series)
+        marker = kw.pop("marker", style["marker"])
+        if len(xs) == 1 and not marker:  # one point (a run evaluated only at its end) is no line: mark it
+            marker = "o"
         (line,) = ax[panel].plot(xs, mean, color=style["color"], ls=kw.pop("ls", style["ls"]), lw=kw.pop("lw", 1.6),
-                                 marker=kw.pop("marker", style["marker"]), markevery=max(1, len(xs) // 8), ms=4, label=label, **kw)  # fmt: skip
+                                 marker=marker, markevery=max(1, len(xs) // 8), ms=4, label=label, **kw)  # fmt: skip
         if len(series) > 1:
             ax[panel].fill_between(xs, lo, hi, color=style["color"], alpha=0.18, lw=0)
         seen[panel] += lo + hi
@@ -290,7 +301,8 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
             draw("metric", [_per_step(r.eval, metric) for r in members], style, None)
         draw("grad", [_per_step(r.metrics, "grad_norm") for r in members], style, None, lw=1.0)
         for panel in flows:
-            draw(panel, [_flow(r, 0 if panel == "flow_first" else -1) for r in members], style, None)
+            which, key = (0 if panel.endswith("_first") else -1), ("norms_c" if panel.startswith("flowc_") else "norms")
+            draw(panel, [_flow(r, which, key) for r in members], style, None)
         if has_bias:
             draw("bias", [_diag(r, "bias", "cosine") for r in members], style, None, marker=style["marker"] or "o")
         for r in members:
@@ -317,10 +329,13 @@ def figure(loaded: list[runs.Run], *, size: tuple[float, float] | None = None, d
         if metric == "accuracy":
             ax["metric"].set_ylim(0, 1.02)
     for panel in flows:
-        when = {u for r in loaded for u in (_flow_passes(r)[:1] if panel == "flow_first" else _flow_passes(r)[-1:])}
-        at = f"update {when.pop()}" if len(when) == 1 else ("the first pass" if panel == "flow_first" else "the last pass")
+        first = panel.endswith("_first")
+        when = {u for r in loaded for u in (_flow_passes(r)[:1] if first else _flow_passes(r)[-1:])}
+        at = f"update {when.pop()}" if len(when) == 1 else ("the first pass" if first else "the last pass")
         at = "the initial weights" if at == "update 0" else at
-        ax[panel].set(title=f"Gradient flow at {at}", xlabel="lag j", ylabel="mean ||dL_t / dh_{t-j}||", yscale="log")
+        state = "c" if panel.startswith("flowc_") else "h"
+        title = f"{state}: gradient flow at {at}" if with_c else f"Gradient flow at {at}"  # c: the LSTM's cell state
+        ax[panel].set(title=title, xlabel="lag j", ylabel=f"mean ||dL_t / d{state}_{{t-j}}||", yscale="log")
     if has_bias:
         ax["bias"].set(title="Truncation bias: cosine to the full-BPTT gradient", xlabel=step_label, ylabel="cosine")
         ax["bias"].axhline(1.0, color="0.6", lw=0.8)

@@ -302,3 +302,38 @@ def test_any_diagnostic_key_reaches_the_compare_as_mean_and_last():
     row = {"group": "full", "statuses": {"completed": 1}, **cols}
     text = text_of(render.compare_tables({"name": "x", "rows": [row]})[-1], width=400)
     assert "gates > 0.95" in text and "newer thing" in text and "rel error" in text
+
+
+def test_adaptive_k_reaches_the_compare_as_mean_and_last_beside_the_gradients():
+    from bptt_cli.compare.aggregate import csv_columns, window_columns
+
+    metrics = [{"step": i, "update": i, "loss": 1.0, "k": k} for i, k in enumerate((4, 4, 6, 8), start=1)]
+    assert window_columns(metrics) == {"k_mean": 5.5, "k_last": 8}
+    assert window_columns([{"step": 1, "loss": 1.0}]) == {}  # a fixed window is in the mode's spec
+    row = {"group": "adaptive:0.1", "mode": "adaptive:0.1", "statuses": {"completed": 1}, "grad_norm_median": 0.5,
+           "k_mean": 5.5, "k_last": 8, "bias_cosine_mean": 0.9, "bias_cosine_last": 0.8}  # fmt: skip
+    tables = [text_of(t, width=400) for t in render.compare_tables({"name": "x", "rows": [row]})]
+    assert "K mean" in tables[1] and "5.5" in tables[1] and "K last" in tables[1]
+    assert "K" not in tables[2].replace("bias", "") and "bias cos" in tables[2]  # not a diagnostic
+    columns = csv_columns({"variants": [{"id": "a", "grid": {}, **row}]})
+    assert columns.index("k_mean") < columns.index("bias_cosine_mean") and "k_mean" not in csv_columns({"variants": []})
+
+
+def test_a_plot_of_an_lstm_puts_the_cell_states_flow_beside_h(tmp_path):
+    pytest.importorskip("matplotlib")
+    from bptt_cli import plot
+
+    def run(name: str, hidden: int) -> runs.Run:
+        metrics = [{"step": i, "update": i, "loss": 2.0 / i, "grad_norm": 1.0} for i in range(1, 5)]
+        flow = {"lags": [0, 1, 2], "norms": [1.0, 0.5, 0.25], "norms_c": [0.0, 0.8, 0.64]}
+        diags = [{"step": s, "update": s - 1, "flow": flow, "spectrum": None} for s in (1, 4)]
+        config = {"name": "x", "seed": 0, "model": {"cell": "lstm", "hidden": hidden}}
+        return runs.Run(tmp_path / name, config, {"status": "completed", "truncation": "full"}, metrics=metrics, diagnostics=diags)
+
+    fig = plot.figure([run("a", 8), run("b", 9)])
+    titles = _titles(fig)
+    assert titles[-4:] == ["h: gradient flow at the initial weights", "c: gradient flow at the initial weights",
+                           "h: gradient flow at update 3", "c: gradient flow at update 3"]  # fmt: skip
+    h, c = (next(a for a in fig.axes if a.get_title() == t) for t in titles[-2:])
+    assert h.get_position().y0 == pytest.approx(c.get_position().y0) and h.get_position().x0 < c.get_position().x0  # one row
+    assert [list(line.get_ydata()) for line in c.get_lines()] == [[0.8, 0.64], [0.8, 0.64]]  # lag 0's zero left out of a log axis
