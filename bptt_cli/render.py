@@ -197,8 +197,9 @@ def metrics_table(
     diverged: dict | None = None,
     title: str = "Training log",
 ) -> FitTable:
-    """The per-update log: step, update, loss, gradient norms, clipping, and held-out metrics
-    at the steps where they were measured. Clipped updates and divergence are marked.
+    """The per-update log: step, update, loss, gradient norms, clipping, the window K in force
+    when the records have one (adaptive truncation), and held-out metrics at the steps where
+    they were measured. Clipped updates and divergence are marked.
     Narrow: the norm after clipping goes first, then the clip mark, then the update count."""
     eval_keys = [k for k in (evals[0] if evals else {}) if k not in ("step", "update", "time")]
     by_step = {e["step"]: e for e in evals}
@@ -211,6 +212,8 @@ def metrics_table(
         "|g| after": Column("|g| after", min_width=4, drop=3),
         "clip": Column("clip", min_width=4, drop=2),
     }
+    if any(r.get("k") is not None for r in metrics):  # adaptive: K changes as it trains
+        cols["K"] = Column("K", min_width=2)
     ecols = [Column(f"eval {_short(k)}", style="cyan") for k in eval_keys]
     shown_evals: set[int] = set()
     rows = set(pick_rows(len(metrics), every))
@@ -223,6 +226,8 @@ def metrics_table(
                        ("|g|", r.get("grad_norm")), ("|g| after", r.get("clipped_norm"))):  # fmt: skip
             cols[key].cells.append(fmt(v))
         cols["clip"].cells.append(Text("yes", style="yellow") if r.get("clipped") else Text(""))
+        if "K" in cols:
+            cols["K"].cells.append(fmt(r.get("k")))
         fresh = ev is not None and r["step"] not in shown_evals
         if fresh:
             shown_evals.add(r["step"])
@@ -233,7 +238,7 @@ def metrics_table(
         cols["update"].cells.append(fmt(diverged.get("update")))
         cols["loss"].cells.append(Text("NaN/Inf", style="bold red"))
         cols["|g|"].cells.append(Text(f"diverged: non-finite {diverged.get('what', '')}", style="bold red"))
-        for c in (cols["|g| after"], cols["clip"], *ecols):
+        for c in (cols["|g| after"], cols["clip"], *([cols["K"]] if "K" in cols else []), *ecols):
             c.cells.append("")
     return FitTable([*cols.values(), *ecols], title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
 
@@ -243,24 +248,33 @@ def _short(key: str) -> str:
 
 
 def flow_table(diag: dict, *, title: str, width: int = 30, max_rows: int = 16) -> FitTable:
-    """Gradient norm ||dL_t/dh_{t-j}|| by lag j, with a log-scale bar (left out when narrow)."""
-    flow = diag.get("flow", {})
+    """Gradient norm ||dL_t/dh_{t-j}|| by lag j, with a log-scale bar (left out when narrow);
+    the LSTM's ||dL_t/dc_{t-j}|| beside it when logged (``norms_c``)."""
+    flow = diag.get("flow") or {}
     lags, norms = flow.get("lags", []), flow.get("norms", [])
+    norms_c = flow.get("norms_c") or []
     finite = [math.log10(n) for n in norms if n and n > 0 and math.isfinite(n)]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     span = hi - lo or 1.0
     shown = set(pick_rows(len(lags), max(1, math.ceil(len(lags) / max_rows))))
-    cols = [Column("lag j"), Column("mean ||dL_t/dh_{t-j}||"), Column("log scale", justify="left", drop=1)]
-    short = Column("log scale", justify="left", drop=1)  # a narrower terminal: bars half as long
+    cols = [Column("lag j"), Column("mean ||dL_t/dh_{t-j}||")]
+    if norms_c:
+        cols.append(Column("mean ||dL_t/dc_{t-j}||", drop=2))
+    bar = Column("log scale (h)" if norms_c else "log scale", justify="left", drop=1)
+    short = Column(bar.header, justify="left", drop=1)  # a narrower terminal: bars half as long
     for i, (j, n) in enumerate(zip(lags, norms)):
         if i not in shown:
             continue
         bars = ["", ""]
         if n and n > 0 and math.isfinite(n):
             bars = ["█" * max(1, int(round((math.log10(n) - lo) / span * (w - 1))) + 1) for w in (width, width // 2)]
-        for c, cell in zip([*cols, short], (str(j), fmt(n), *bars)):
+        values = [str(j), fmt(n), *([fmt(norms_c[i] if i < len(norms_c) else None)] if norms_c else [])]
+        for c, cell in zip([*cols, bar, short], (*values, *bars)):
             c.cells.append(cell)
-    return FitTable(cols, layouts=[cols[:2] + [short]], title=title, caption=_decay_caption(flow), box=box.SIMPLE_HEAD, title_justify="left")
+    caption = _decay_caption(flow)
+    if norms_c and flow.get("decay_per_step_c") is not None:
+        caption += f"; c: x{flow['decay_per_step_c']:.3g} per step"
+    return FitTable([*cols, bar], layouts=[[*cols, short]], title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left")
 
 
 def _decay_caption(flow: dict) -> str:
@@ -283,9 +297,10 @@ def summary_panel(summary: dict) -> Panel:
     grid.add_column()
     grid.add_row("status", Text(status, style=STATUS_STYLE.get(status, "")))
     grid.add_row("run", str(summary.get("run_dir", "")))
+    cell = f"cell {summary['cell']}, " if summary.get("cell") else ""  # absent from runs made before gated cells
     grid.add_row(
         "setup",
-        f"task {summary.get('task')}, truncation {summary.get('truncation')} "
+        f"task {summary.get('task')}, {cell}truncation {summary.get('truncation')} "
         f"(update every {summary.get('update_every')}), clip {_clip_text(summary.get('clip'))}, "
         f"{summary.get('optimizer')}, seed {summary.get('seed')}",
     )
@@ -294,6 +309,8 @@ def summary_panel(summary: dict) -> Panel:
         f"{fmt(summary.get('steps_done'))}/{fmt(summary.get('steps'))} steps, "
         f"{fmt(summary.get('updates'))} updates, {fmt(summary.get('sequences'))} sequences",
     )
+    if summary.get("k_last") is not None or summary.get("k_range"):
+        grid.add_row("K", _k_text(summary))
     d = summary.get("diverged_at")
     if d:
         grid.add_row(
@@ -315,17 +332,26 @@ def summary_panel(summary: dict) -> Panel:
         grid.add_row("best", _metric_text(best))
     diag = summary.get("diagnostics")
     if diag:
-        grid.add_row(
-            "diagnostics",
-            f"decay x{fmt(diag.get('decay_per_step'))}/step, bias cosine {fmt(diag.get('bias_cosine'))}, "
-            f"rel. error {fmt(diag.get('bias_rel_error'))}, spectral radius {fmt(diag.get('spectral_radius'))}"
-            + (f", saturated {fmt(diag.get('saturation'))}" if diag.get("saturation") is not None else ""),
-        )
+        gate = {"lstm": "forget", "gru": "update"}.get(summary.get("cell") or "", "")
+        parts = [
+            f"decay x{fmt(diag.get('decay_per_step'))}/step",
+            *([f"c decay x{fmt(diag['decay_per_step_c'])}/step"] if diag.get("decay_per_step_c") is not None else []),
+            f"bias cosine {fmt(diag.get('bias_cosine'))}",
+            f"rel. error {fmt(diag.get('bias_rel_error'))}",
+            # gated cells have no single W_hh: no radius, but their gates' saturation
+            *([f"spectral radius {fmt(diag['spectral_radius'])}"] if diag.get("spectral_radius") is not None else []),
+            *([f"saturated {fmt(diag['saturation'])}"] if diag.get("saturation") is not None else []),
+            *([f"{gate} gates > 0.95 {fmt(diag['gate_high'])}, < 0.05 {fmt(diag.get('gate_low'))}".lstrip()]
+              if diag.get("gate_high") is not None else []),
+        ]  # fmt: skip
+        grid.add_row("diagnostics", ", ".join(parts))
     speed = summary.get("updates_per_second")
     grid.add_row("time", f"{fmt(summary.get('wall_time'))} s" + (f", {fmt(speed)} updates/s" if speed else ""))
     th = summary.get("threads")
     if isinstance(th, dict) and th.get("count") is not None:
         grid.add_row("threads", Text(f"{fmt(th.get('count'))} BLAS ({th.get('source')}: {th.get('reason')})"))
+    if summary.get("tracking"):
+        grid.add_row("tracking", _tracking_text(summary["tracking"]))
     for e in summary.get("expectations") or []:
         grid.add_row(
             "expect",
@@ -337,13 +363,42 @@ def summary_panel(summary: dict) -> Panel:
     return Panel(grid, title=Text("Summary"), title_align="left", border_style=STATUS_STYLE.get(status, ""))
 
 
+def _k_text(summary: dict) -> str:
+    """"last 7 (picked within 1..T-1)": adaptive truncation's window at the end and its range."""
+    lo, hi = (list(summary.get("k_range") or []) + [None, None])[:2]
+    within = f"picked within {fmt(lo)}..{'T-1' if hi is None else fmt(hi)}" if lo is not None else ""
+    if summary.get("k_last") is None:
+        return within
+    return f"last {fmt(summary['k_last'])}" + (f" ({within})" if within else "")
+
+
+def _tracking_text(t: Any) -> Text:
+    """What each tracking backend did, from summary.json's ``tracking``; failures in red."""
+    if not isinstance(t, dict):
+        return Text(str(t))
+    out = Text()
+    for name, r in t.items():
+        if not isinstance(r, dict):
+            continue
+        where = r.get("logdir") or (f"experiment {r['experiment']}" if r.get("experiment") else "") or r.get("uri") or ""
+        if out:
+            out.append(", ")
+        if r.get("status") == "failed":
+            out.append(f"{name} failed: {r.get('error')}", style="red")
+        else:
+            out.append(f"{name} {r.get('status', '?')}" + (f" ({where})" if where else ""))
+    if isinstance(t.get("error"), str):
+        out.append(("; " if out else "") + f"failed: {t['error']}", style="red")
+    return out
+
+
 def _clip_text(clip: dict | None) -> str:
     if not clip or clip.get("mode") == "none":
         return "none"
     return f"{clip.get('mode')} {fmt(clip.get('threshold'))}"
 
 
-SUMMARY_SKIP = ("train.update", "train.lr", "train.clipped_norm", "train.clipped")
+SUMMARY_SKIP = ("train.update", "train.lr", "train.clipped_norm", "train.clipped", "train.k")  # train.k: the K line
 
 
 def _metric_text(d: dict) -> str:
@@ -466,6 +521,8 @@ GRADIENT_COLUMNS = (
     ("grad_norm_median", "|g| median", None, 2),
     ("grad_norm_max", "|g| max", None, 3),
     ("clipped_share", "clipped", None, 4),
+    ("k_mean", "K mean", None, 1),  # adaptive truncation: the window it picked, over the updates
+    ("k_last", "K last", None, 5),
     ("ms_per_update", "ms/update", "min", 6),  # cost goes before gradients
     ("ms_per_sequence", "ms/seq", "min", 7),
 )
@@ -533,6 +590,7 @@ def diagnostic_columns(rows: list[dict]) -> tuple:
     """The diagnostics columns of the rows, in the shape of OUTCOME_COLUMNS: the known ones
     first, then any other key a pass logged; the later a column, the sooner it goes."""
     names = list(dict.fromkeys(k[: -len("_mean")] for r in rows for k in r if k.endswith("_mean") and not k.endswith("_std")))
+    names = [n for n in names if n != "k"]  # k_mean: adaptive K, a column of the gradients table
     names = [n for n in DIAG_HEADERS if n in names] + [n for n in names if n not in DIAG_HEADERS and n not in DIAG_HIDDEN]
     cols = []
     for n in names:

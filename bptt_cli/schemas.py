@@ -62,6 +62,7 @@ class MetricsRecord(_Record):
     grad_norms: Optional[dict[str, Optional[float]]] = F("per-parameter L2 norm before clipping", default=None)
     lr: Optional[float] = F("learning rate used", default=None)
     k: Optional[int] = F("truncation window K in force (adaptive truncation)", default=None)
+    beta: Optional[float] = F("decay rate per step of the lag profile K was just re-estimated from (adaptive truncation; only on the updates where it was)", "x / step", default=None)
     time: Optional[float] = F("training time since the run started (all sessions)", "s", default=None)
 
 
@@ -77,12 +78,15 @@ class EvalRecord(_Record):
 
 class Flow(_Record):
     lags: list[int] = F("lags j")
-    norms: list[Optional[float]] = F("mean ||dL_t/dh_{t-j}|| at each lag")
+    norms: list[Optional[float]] = F("mean ||dL_t/dh_{t-j}|| at each lag (h: the hidden state of every cell)")
     counts: Optional[list[int]] = F("terms averaged at each lag", default=None)
     slope: Optional[float] = F("least-squares slope of log norm against lag", "log(norm) / step", default=None)
     decay_per_step: Optional[float] = F("exp(slope): factor per step back", "x / step", default=None)
     halves_every: Optional[float] = F("steps for the norm to halve (when decaying)", "steps", default=None)
     doubles_every: Optional[float] = F("steps for the norm to double (when growing)", "steps", default=None)
+    norms_c: Optional[list[Optional[float]]] = F("lstm: mean ||dL_t/dc_{t-j}|| at each lag (the cell state)", default=None)
+    slope_c: Optional[float] = F("lstm: slope of log norms_c against lag", "log(norm) / step", default=None)
+    decay_per_step_c: Optional[float] = F("lstm: exp(slope_c), the cell state's factor per step back", "x / step", default=None)
 
 
 class Bias(_Record):
@@ -95,9 +99,12 @@ class Bias(_Record):
 
 
 class Spectrum(_Record):
-    spectral_radius: Optional[float] = F("largest |eigenvalue| of W_hh", default=None)
-    max_singular_value: Optional[float] = F("largest singular value of W_hh", default=None)
+    spectral_radius: Optional[float] = F("largest |eigenvalue| of W_hh (null for gru and lstm: no single W_hh)", default=None)
+    max_singular_value: Optional[float] = F("largest singular value of W_hh (null for gru and lstm)", default=None)
     saturated_share: Optional[float] = F("share of hidden units with |h| > 0.99", "fraction", default=None)
+    gate: Optional[str] = F("gru and lstm: the gate measured, forget (lstm) or update (gru, z)", default=None)
+    gate_high: Optional[float] = F("share of its values above 0.95 (the state is carried)", "fraction", default=None)
+    gate_low: Optional[float] = F("share of its values below 0.05 (the state is overwritten)", "fraction", default=None)
 
 
 class DiagnosticsRecord(_Record):
@@ -119,6 +126,7 @@ class Summary(_Record):
     name: Optional[str] = F("config name", default=None)
     run_dir: Optional[str] = F("the run directory", default=None)
     task: Optional[str] = F("task name", default=None)
+    cell: Optional[str] = F("recurrent cell: elman, gru or lstm (absent: written before gated cells, elman)", default=None)
     truncation: Optional[str] = F("truncation spec, e.g. k_truncated:5", default=None)
     update_every: Optional[str] = F("sequence or chunk", default=None)
     clip: Optional[dict[str, Any]] = F("clipping mode and threshold", default=None)
@@ -142,10 +150,21 @@ class Summary(_Record):
     target_reached: Optional[dict[str, Any]] = F("step and update where train.target was met", default=None)
     wall_time: Optional[float] = F("training time, all sessions", "s", default=None)
     updates_per_second: Optional[float] = F("updates per second in the last session", "1/s", default=None)
+    k_range: Optional[list[Optional[int]]] = F("adaptive truncation: [KMIN, KMAX] K is picked within (KMAX null: up to T-1)", "steps", default=None)
+    k_last: Optional[int] = F("adaptive truncation: the K in force at the last update", "steps", default=None)
     finished: Optional[str] = F("UTC end, ISO 8601", default=None)
     error: Optional[str] = F("what failed (failed runs)", default=None)
-    diagnostics: Optional[dict[str, Optional[float]]] = F("the last diagnostic pass in brief", default=None)
+    diagnostics: Optional[dict[str, Optional[float]]] = F(
+        "the last diagnostic pass in brief: step, decay_per_step, bias_cosine, bias_rel_error, spectral_radius, "
+        "saturation; gru and lstm add gate_high and gate_low, lstm decay_per_step_c",
+        default=None,
+    )
     expectations: Optional[list[dict[str, Any]]] = F("--expect results: expect, metric, value, ok", default=None)
+    tracking: Optional[dict[str, Any]] = F(
+        "what each tracking backend did: tensorboard {status, logdir}, mlflow {status, uri, experiment, experiment_id, "
+        "run_id}, an error when one failed, notes (no plot sent); error alone when tracking could not start",
+        default=None,
+    )
 
 
 # -- the compare directory ------------------------------------------------------------------
@@ -211,6 +230,8 @@ class CompareCsvRow(_Record):
     grad_norm_median: Optional[float] = F("median ||g|| before clipping over the logged updates", default=None)
     grad_norm_max: Optional[float] = F("largest ||g|| before clipping", default=None)
     clipped_share: Optional[float] = F("share of logged updates that were clipped", "fraction", default=None)
+    k_mean: Optional[float] = F("adaptive truncation: mean K in force over the logged updates", "steps", default=None)
+    k_last: Optional[int] = F("adaptive truncation: K at the last logged update", "steps", default=None)
     flow_decay_per_step_first: Optional[float] = F("gradient decay per step at the first diagnostic pass", "x / step", default=None)
     wall_time_s: Optional[float] = F("training time", "s", default=None)
     ms_per_update: Optional[float] = F("training time per update", "ms", default=None)

@@ -114,6 +114,7 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         "name": cfg.name,
         "run_dir": str(run_dir),
         "task": cfg.task.name,
+        "cell": cfg.model.cell,
         "truncation": cfg.truncation.spec,
         "update_every": cfg.truncation.update,
         "clip": {"mode": cfg.clip.mode, "threshold": cfg.clip.threshold},
@@ -129,6 +130,9 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         "data": data_fingerprint,
         "config_digest": _config_digest(cfg),
     }
+    adaptive = trainer.truncation.adaptive
+    if adaptive is not None:  # the K it may pick: [KMIN, KMAX], KMAX null = up to T-1
+        summary["k_range"] = [adaptive[1], adaptive[2]]
     writer.summary({**summary, "steps_done": state.step, "updates": state.update})
     tracker, why = _start_tracking(cfg, run_dir, state.update if resume else None, previous.get("tracking"))
     if why:
@@ -203,6 +207,8 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
             updates_per_second=(state.update - updates_at_start) / session if session > 0 else None,
             finished=_now(),
         )
+        if last_update.get("k") is not None:  # adaptive: the K in force at the end
+            summary["k_last"] = last_update["k"]
         if last_diag:
             summary["diagnostics"] = _diag_summary(last_diag)
         if expect:
@@ -370,7 +376,8 @@ def _checkpoint_cap(trainer: Trainer) -> int:
 def _final(last_update: dict, last_eval: dict) -> dict:
     out = {}
     for k, v in last_update.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "chunk", "time"):
+        # beta is in an update's record only when K was re-estimated there: not a last value
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "chunk", "time", "beta"):
             out[f"train.{k}"] = v
     for k, v in last_eval.items():
         if isinstance(v, (int, float)) and k not in ("step", "update", "time"):
@@ -379,8 +386,10 @@ def _final(last_update: dict, last_eval: dict) -> dict:
 
 
 def _diag_summary(d: dict) -> dict:
-    flow, bias, spec = d.get("flow", {}), d.get("bias", {}), d.get("spectrum", {})
-    return {
+    """The last diagnostic pass in brief; the gated cells' keys only when the pass logged them
+    (an Elman run's summary keeps its earlier keys and no more)."""
+    flow, bias, spec = d.get("flow") or {}, d.get("bias") or {}, d.get("spectrum") or {}
+    out = {
         "step": d.get("step"),
         "decay_per_step": flow.get("decay_per_step"),
         "bias_cosine": bias.get("cosine"),
@@ -388,6 +397,12 @@ def _diag_summary(d: dict) -> dict:
         "spectral_radius": spec.get("spectral_radius"),
         "saturation": spec.get("saturated_share"),
     }
+    if "decay_per_step_c" in flow:  # the LSTM's cell state c
+        out["decay_per_step_c"] = flow["decay_per_step_c"]
+    for key in ("gate_high", "gate_low"):  # forget (LSTM) / update (GRU) gates above 0.95, below 0.05
+        if key in spec:
+            out[key] = spec[key]
+    return out
 
 
 def check_expectations(expect: tuple[Expectation, ...], final: dict) -> list[dict]:

@@ -130,3 +130,42 @@ def test_gradcheck_table_has_a_row_per_check_and_mode():
     assert sum(1 for line in out.splitlines() if "reference" in line) == 2
     data = [line for line in out.splitlines() if "full" in line or "k_truncated" in line]
     assert len(data) == 3 and all(line.count("1.0e-12") == 2 and "1e-09" in line for line in data)
+
+
+def test_metrics_table_has_a_k_column_only_when_the_records_carry_k():
+    adaptive = [{**r, "k": 3 + r["step"] // 5} for r in _metrics(12)]
+    adaptive[0]["beta"] = 0.8  # on a re-estimating update only: never a column
+    out = text_of(render.metrics_table(adaptive, [], every=5))
+    header = next(line for line in out.splitlines() if "loss" in line)
+    assert header.split()[-1] == "K" and "beta" not in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()[:1].isdigit()}
+    assert rows["6"][-1] == "4" and rows["12"][-1] == "5"
+    plain = text_of(render.metrics_table(_metrics(12), [], every=5))
+    assert " K" not in next(line for line in plain.splitlines() if "loss" in line)
+
+
+def test_summary_panel_shows_the_cell_adaptive_k_gates_and_tracking():
+    summary = {
+        "status": "completed", "task": "delay", "cell": "lstm", "truncation": "adaptive:0.1:2:12", "update_every": "sequence",
+        "k_range": [2, 12], "k_last": 7, "final": {"train.loss": 1.5, "train.k": 7},
+        "diagnostics": {"decay_per_step": 0.9, "decay_per_step_c": 0.95, "bias_cosine": 0.99, "bias_rel_error": 0.1,
+                        "spectral_radius": None, "saturation": 0.0, "gate_high": 0.25, "gate_low": 0.0},
+        "tracking": {"tensorboard": {"status": "ok", "logdir": "runs/x/tensorboard"},
+                     "mlflow": {"status": "failed", "error": "ImportError: mlflow is not installed"}},
+    }  # fmt: skip
+    out = " ".join(text_of(render.summary_panel(summary), width=200).split())
+    assert "task delay, cell lstm, truncation adaptive:0.1:2:12" in out
+    assert "K last 7 (picked within 2..12)" in out and "train.k" not in out
+    assert "c decay x0.95/step" in out and "forget gates > 0.95 0.25, < 0.05 0" in out and "spectral radius" not in out
+    assert "tracking tensorboard ok (runs/x/tensorboard), mlflow failed: ImportError: mlflow is not installed" in out
+    older = {k: v for k, v in summary.items() if k not in ("cell", "k_range", "k_last", "tracking", "diagnostics")}
+    out = " ".join(text_of(render.summary_panel(older), width=200).split())
+    assert "task delay, truncation" in out and "tracking" not in out and " K " not in out
+
+
+def test_flow_table_puts_the_lstm_cell_state_beside_h():
+    diag = {"flow": {"lags": [0, 1, 2], "norms": [1.0, 0.5, 0.25], "decay_per_step": 0.5, "halves_every": 1.0,
+                     "norms_c": [0.0, 0.8, 0.64], "decay_per_step_c": 0.8}}  # fmt: skip
+    out = text_of(render.flow_table(diag, title="Gradient flow"))
+    assert "||dL_t/dc_{t-j}||" in out and "c: x0.8 per step" in out
+    assert next(line for line in out.splitlines() if line.strip().startswith("2")).split()[1:3] == ["0.25", "0.64"]

@@ -123,3 +123,34 @@ def test_docs_list_every_field_of_every_file():
         assert f"`{name}`" in block
         for field in model.model_fields:
             assert f"| `{field}` |" in block, f"{name}.{field}"
+
+
+def test_an_adaptive_run_an_lstm_run_and_their_compare_validate_with_their_own_fields(tmp_path):
+    """The keys added for adaptive truncation (k, beta, k_range, k_last, k_mean) and the gated
+    cells (cell, the LSTM's c flow, gate saturation, a spectrum without W_hh) fit the models."""
+    from typer.testing import CliRunner
+
+    from bptt_cli.cli import app
+
+    for root, args in (("adaptive", ("--modes", "adaptive:0.5:1:4")), ("lstm", ("--modes", "full", "--grid", "model.cell=lstm"))):
+        result = CliRunner().invoke(app, ["compare", str(DELAY), "--runs-root", str(tmp_path / root), *sets(*DIAG, "truncation.adapt_every=2"),
+                                          *args, "--workers", "1", "-q"], env={"COLUMNS": "200"})  # fmt: skip
+        assert result.exit_code == 0, result.output
+    (adaptive,), (lstm,) = ((tmp_path / root / "delay").glob("compare-*") for root in ("adaptive", "lstm"))
+    for cmp in (adaptive, lstm):
+        schemas.validate_compare(cmp)
+        (run,) = [p for p in cmp.iterdir() if p.is_dir()]
+        schemas.validate_run(run)
+    (run,) = [p for p in adaptive.iterdir() if p.is_dir()]
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["cell"] == "elman" and summary["k_range"] == [1, 4] and 1 <= summary["k_last"] <= 4
+    records = runs.read_jsonl(run / "metrics.jsonl")[0]
+    assert all(isinstance(r["k"], int) for r in records) and isinstance(records[0]["beta"], float)
+    (row,) = schemas.read_csv(adaptive / "compare.csv", schemas.CompareCsvRow)
+    assert isinstance(row.k_mean, float) and row.k_last == summary["k_last"]
+    (run,) = [p for p in lstm.iterdir() if p.is_dir()]
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["cell"] == "lstm" and "k_range" not in summary
+    assert {"decay_per_step_c", "gate_high", "gate_low"} <= set(summary["diagnostics"])
+    diag = schemas.DiagnosticsRecord.model_validate_json((run / "diagnostics.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert diag.flow.norms_c and diag.spectrum.spectral_radius is None and diag.spectrum.gate == "forget"

@@ -77,6 +77,7 @@ def _variant_row(path: Path, v: Variant) -> dict:
         grad_norm_median=statistics.median(norms) if norms else None,
         grad_norm_max=max(norms) if norms else None,
         clipped_share=sum(clipped) / len(clipped) if clipped else None,
+        **window_columns(run.metrics),
         **diagnostic_columns(run.diagnostics),
         wall_time_s=wall,
         ms_per_update=1000.0 * wall / updates if wall and updates else None,
@@ -98,6 +99,17 @@ def _status(status: Any, missing: str) -> str:
     if not status:
         return missing
     return status if status in STATUSES else "damaged"
+
+
+def window_columns(records: list[dict]) -> dict[str, float | None]:
+    """``k_mean`` and ``k_last``: the window K in force over the logged updates and at the last
+    one, for a mode that picks K as it trains (adaptive); nothing for the others, whose K is
+    in their spec."""
+    ks = [r.get("k") for r in records]
+    present = [k for k in ks if _number(k) is not None]
+    if not present:
+        return {}
+    return {"k_mean": statistics.fmean(present), "k_last": ks[-1] if _number(ks[-1]) is not None else None}
 
 
 def diagnostic_columns(records: list[dict]) -> dict[str, float | None]:
@@ -128,7 +140,7 @@ def _scalars(rec: dict):
     sections deep (flow.decay_per_step -> flow_decay_per_step); lists and per-parameter maps
     are left to the run's own files."""
     for section, val in rec.items():
-        if section in ("step", "update"):
+        if section in ("step", "update") or val is None:  # a section a pass did not produce (null)
             continue
         items = val.items() if isinstance(val, dict) else [(None, val)]
         for key, v in items:
@@ -183,6 +195,7 @@ AGG_FIELDS = (
     "steps_done",
 )
 DIAG_SUFFIXES = ("_mean", "_last")
+WINDOW_FIELDS = ("k_mean", "k_last")  # window_columns: with the gradients, not the diagnostics
 
 
 def numeric_fields(rows: list[dict]) -> list[str]:
@@ -234,18 +247,20 @@ CSV_FIELDS = (
 
 
 def csv_columns(result: dict) -> list[str]:
-    """compare.csv's header: the fixed columns with the grid keys after ``mode``, the eval and
-    diagnostics columns the variants have before the times, and ``error`` when one failed."""
+    """compare.csv's header: the fixed columns with the grid keys after ``mode``, the eval,
+    adaptive K and diagnostics columns the variants have before the times, and ``error`` when
+    one failed."""
     grid = list(result.get("grid_keys") or dict.fromkeys(k for r in result["variants"] for k in r.get("grid", {})))
     fields = numeric_fields(result["variants"])
     evals = [f for f in fields if f.startswith("eval_") and f != "eval_loss"]
-    diags = [f for f in fields if f.endswith(DIAG_SUFFIXES)]
+    windows = [f for f in fields if f in WINDOW_FIELDS]
+    diags = [f for f in fields if f.endswith(DIAG_SUFFIXES) and f not in WINDOW_FIELDS]
     head = list(CSV_FIELDS[: CSV_FIELDS.index("seed")])
     body = list(CSV_FIELDS[CSV_FIELDS.index("seed") : CSV_FIELDS.index("metric")])
     tail = list(CSV_FIELDS[CSV_FIELDS.index("metric") : CSV_FIELDS.index("wall_time_s")])
     times = list(CSV_FIELDS[CSV_FIELDS.index("wall_time_s") :])
     errors = ["error"] if any(r.get("error") for r in result["variants"]) else []
-    return head + grid + body + evals + tail + diags + times + errors
+    return head + grid + body + evals + tail + windows + diags + times + errors
 
 
 def summary_columns(result: dict) -> list[str]:
