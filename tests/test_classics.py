@@ -160,7 +160,7 @@ def test_min_char_rnn_config_matches_the_gist_update_for_update(tmp_path):
 
 
 def test_min_char_rnn_free_run_matches_until_rounding_chaos_takes_over(tmp_path):
-    """Run freely from the same weights, bptt follows the gist to 1e-10 for the first updates;
+    """Run freely at the gist's lr 0.1, bptt follows the gist to 1e-10 for the first updates;
     after that the trajectory amplifies rounding about tenfold per update, as the gist does
     against itself when dy is computed with one rounding more."""
     data, weights, cfg = _min_char_setup(tmp_path)
@@ -172,6 +172,47 @@ def test_min_char_rnn_free_run_matches_until_rounding_chaos_takes_over(tmp_path)
     drift = np.abs(itself - ref) / ref  # the gist against itself, one rounding apart
     assert drift[:3].max() < 1e-13 and drift.max() > 1e-6  # chaotic: no implementation can do better
     assert rel.max() < 100 * drift.max()  # bptt parts from the gist no further than that
+
+
+def test_min_char_rnn_free_run_matches_the_gist_for_200_updates_where_it_is_well_conditioned(tmp_path):
+    """The issue's check, run freely: from the same initial weights bptt's per-update losses
+    equal the gist's to 1e-10 relative over 200 updates, with clipping and the wrap's reset.
+
+    At the gist's lr 0.1 no window or seed of the shipped text allows it (test above): in 30
+    of 30 scanned (10 windows of 3,000 characters, seeds 0-2) the gist parts from itself by
+    more than 1e-12 within 24 updates and by 1.8e-5 to 0.9 within 200 (docs/classics.md).
+    The setup here changes only lr, to 0.02, where all 6 scanned stayed within 2.4e-13, on
+    characters 12,000-15,000 with seed 0's weights.
+    Its conditioning is asserted first, so the choice is justified here and not elsewhere:
+    the gist against itself with every initial weight one ulp up, or with dy rounded once
+    more, stays within 1e-12 for all 200 updates."""
+    lr = 0.02
+    data = TEXT.read_text()[12_000:15_000]
+    text = tmp_path / "input.txt"
+    text.write_text(data)
+    weights = _weights(len(set(data)), seed=0)
+    np.savez(tmp_path / "w.npz", **weights)
+    gist = _run_gist(data, weights, 200, lr=lr)
+    ref = np.array([g[1] for g in gist])
+    ulp_up = {k: np.nextafter(v, np.inf) for k, v in weights.items()}
+    for name, other in [
+        ("weights one ulp up", _run_gist(data, ulp_up, 200, lr=lr)),
+        ("dy rounded once more", _run_gist(data, weights, 200, lr=lr, dy_scale=0.04)),
+    ]:
+        drift = np.abs(np.array([g[1] for g in other]) - ref) / ref
+        assert drift.max() < 1e-12, (name, drift.max())
+    clips = [g[2] for g in gist]
+    assert 1 <= sum(clips) < 200, sum(clips)  # clipping is exercised (2 updates)
+    assert len(data) - 1 < 200 * 25  # the text wraps (after 119 windows): the reset is exercised
+
+    sets = [f"task.path={text}", f"model.init_from={tmp_path / 'w.npz'}", f"optimizer.lr={lr}",
+            "train.steps=200", "train.checkpoint_every=200"]  # fmt: skip
+    records = _update_records(load_config(MIN_CHAR, sets), tmp_path)
+    ours = np.array([r["loss"] for r in records])
+    assert len(ours) == 200
+    rel = np.abs(ours - ref) / ref
+    assert rel.max() < 1e-10, (rel.argmax(), rel.max())
+    assert [r["clipped"] for r in records] == clips
 
 
 def test_loss_reduction_sum_is_n_times_the_mean_update():
