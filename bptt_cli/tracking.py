@@ -256,7 +256,7 @@ class MLflow:
         if exp is not None:
             return exp.experiment_id
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name))
         except Exception:  # another variant created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -329,6 +329,24 @@ class MLflow:
 
     def close(self) -> None:
         self._buffer.clear()
+
+
+ARTIFACTS = "mlartifacts"  # beside a sqlite store: <db folder>/mlartifacts/<experiment>/<run id>/artifacts
+
+
+def artifact_location(uri: str | None, experiment: str) -> str | None:
+    """Where a new experiment in the store ``uri`` keeps its runs' files, so a run writes only
+    to its run directory and the store it was given: beside a sqlite store's file
+    (``<db folder>/mlartifacts/<experiment>``), where MLflow's own default is ./mlruns in
+    the current directory. None (the store decides) for a file store, which keeps them in
+    its own folder, and for servers and other databases."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///") :].split("?", 1)[0]  # sqlite:////abs/x.db -> /abs/x.db; sqlite:///x.db: relative
+    if not db or db == ":memory:":
+        return None
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
+    return (Path(db).expanduser().resolve().parent / ARTIFACTS / folder).as_uri()
 
 
 def _read_compare_file(compare_dir: Path) -> dict:

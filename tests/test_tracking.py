@@ -47,6 +47,17 @@ def _tensorboard():
     return read
 
 
+@pytest.fixture(autouse=True)
+def _empty_cwd(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty current directory that must stay empty: a run writes to its
+    run directory and the stores it names, nowhere else (MLflow's default artifact root is
+    ./mlruns)."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
+    yield
+    assert sorted(p.name for p in cwd.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory):
     pytest.importorskip("mlflow")
@@ -143,6 +154,15 @@ def test_a_run_logs_live_to_mlflow_with_params_tags_and_files(tmp_path, mlflow_u
     files = {a.path for a in client.list_artifacts(ml["run_id"])}
     assert {"config.yaml", "summary.json"} <= files
     assert ("plot.png" in files) == _has("matplotlib")
+    store = Path(mlflow_uri[len("sqlite:///") :]).parent  # the files sit beside the store, not in ./mlruns
+    assert (store / "mlartifacts" / "live" / ml["run_id"] / "artifacts" / "summary.json").is_file()
+
+
+def test_artifacts_go_beside_a_sqlite_store_and_a_file_store_keeps_its_own():
+    assert tracking.artifact_location("sqlite:////data/ml/mlflow.db", "delay study") == "file:///data/ml/mlartifacts/delay_study"
+    assert tracking.artifact_location("sqlite:///mlflow.db?timeout=5", "x") == (Path.cwd() / "mlartifacts" / "x").as_uri()
+    for uri in ("file:///data/mlruns", "/data/mlruns", "http://127.0.0.1:5000", "postgresql://h/db", "sqlite://", None):
+        assert tracking.artifact_location(uri, "x") is None, uri
 
 
 def test_a_resumed_run_goes_on_in_the_same_mlflow_run(tmp_path, mlflow_uri):
@@ -179,6 +199,24 @@ def test_tensorboard_keeps_one_value_per_update_across_a_hard_stop_and_resume(tm
     metrics = runs.read_jsonl(d / "metrics.jsonl")[0]
     assert [e.step for e in loss] == [1, 2, 3, 4, 5, 6]  # step 3's first value was purged
     assert [e.value for e in loss] == [float(np.float32(m["loss"])) for m in metrics]
+
+
+def test_a_variant_started_again_from_scratch_leaves_no_earlier_events(tmp_path):
+    read = _tensorboard()
+    from bptt_cli.compare.executors import run_variant
+
+    d = tmp_path / "variant"
+    d.mkdir()
+    cfg = _cfg("tracking.tensorboard=true", "train.steps=4")
+    assert execute(cfg, d)["status"] == "completed"
+    (d / "checkpoint.npz").unlink()  # an attempt that never checkpointed: the compare starts it again
+    summary = json.loads((d / "summary.json").read_text())
+    (d / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    (d / "tensorboard" / "events.out.tfevents.0.stale").write_bytes(b"")
+    assert run_variant(cfgmod.to_dict(cfg), str(d), stop=lambda: False)["status"] == "completed"
+    assert not (d / "tensorboard" / "events.out.tfevents.0.stale").exists()
+    assert len(list((d / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [e.step for e in read(d / "tensorboard").Scalars("train/loss")] == [1, 2, 3, 4]
 
 
 def test_a_compare_groups_its_variants(tmp_path, mlflow_uri, monkeypatch):

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import pickle
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -127,6 +128,11 @@ def _clear(d: Path) -> None:
     for p in d.glob(".*.tmp"):
         if p.is_symlink() or p.is_file():
             p.unlink()
+    tb = d / "tensorboard"  # the earlier attempt's live events (tracking.tensorboard: true)
+    if tb.is_symlink() or tb.is_file():
+        tb.unlink()
+    elif tb.is_dir():
+        shutil.rmtree(tb, ignore_errors=True)  # removes links inside, never what they point to
 
 
 class _SignalStop:
