@@ -5,7 +5,10 @@ Every variant is an ordinary run in its own directory under the compare director
     runs/<name>/compare-<UTC timestamp>-<id>/
         plan.json                   the variants and their resolved configs (written first)
         <variant id>/               an ordinary run directory (bptt show works on it)
-        compare.json, compare.csv   one row per variant and one aggregated row per mode/grid point
+        compare.json                one row per variant and one aggregated row per mode/grid point
+        compare.csv                 one row per variant
+        compare_summary.csv         one row per mode/grid point (mean and std over its seeds)
+        tracking.json               the MLflow parent run of the variants (when MLflow tracking is on)
 
 Everything read back from a compare directory is untrusted: plan.json is size-limited and
 type-checked, its configs re-validated, and every variant id must be a plain name whose
