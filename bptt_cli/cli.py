@@ -186,7 +186,7 @@ def train(
         cfg = threads.with_threads(cfg, None if threads_ is None else threads.parse_setting(threads_))
         check_budget(cfg)  # before the task is built: memory and log interval against this machine and run
         try:
-            trainer = Trainer(cfg, cache_dir=runs.cache_dir(runs_root))
+            trainer = Trainer(cfg, cache_dir=runs.cache_dir(runs_root), resume=resume is not None)
         except MemoryError:
             raise fail(
                 f"not enough memory to build the task and model of this config (task {cfg.task.name}, "

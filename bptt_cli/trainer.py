@@ -93,8 +93,11 @@ class _Engine:
 class Trainer:
     """Builds the task, model and optimizer of a config and runs its training loop."""
 
-    def __init__(self, cfg: Config, *, task: Task | None = None, cache_dir: Path | None = None) -> None:
-        """``cache_dir``: where the text task keeps encoded corpora (None: its default)."""
+    def __init__(self, cfg: Config, *, task: Task | None = None, cache_dir: Path | None = None, resume: bool = False) -> None:
+        """``cache_dir``: where the text task keeps encoded corpora (None: its default).
+        ``resume``: the state will come from a checkpoint (``state_from_arrays``), so
+        ``model.init_from``'s file is not read or checked: the checkpoint's weights win, and
+        the file may have been moved or changed since (config.yaml keeps its recorded hash)."""
         self.cfg = cfg
         self.dtype = np.dtype(cfg.model.dtype)
         self.task = task or make_task(cfg.task.name, cfg.task.params, seed=cfg.seed, dtype=self.dtype, cache_dir=cache_dir)
@@ -115,7 +118,7 @@ class Trainer:
         self._flat_grads: optim.Flat | None = None  # the update's gradient, clipped in place
         self._beta: float | None = None  # adaptive: the decay rate of the last re-estimate, for its record
         self._init_from: dict[str, np.ndarray] | None = None  # model.init_from's weights, checked
-        if cfg.model.init_from is not None:  # refused here, before a run directory is written
+        if cfg.model.init_from is not None and not resume:  # refused here, before a run directory is written
             self.initial_state()
         if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
             self.task.initial_params(cfg.model.hidden, cfg.model.activation, self.dtype)

@@ -414,6 +414,38 @@ def test_init_from_missing_changed_or_not_an_npz(tmp_path):
         _tiny(tmp_path, "model.init_from_sha256=sha256:00")
 
 
+def test_resume_takes_the_checkpoint_and_needs_no_init_from_file(invoke, tmp_path):
+    """A resumed run's weights come from its checkpoint: init_from's file may be changed or
+    deleted since, and the run goes on exactly as if it had not stopped."""
+    like = Trainer(_tiny(tmp_path)).initial_state().params
+    w = tmp_path / "w.npz"
+    np.savez(w, **{k: np.full(v.shape, 0.03) for k, v in like.items()})
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        f"task: {{name: delay, delay: 3, length: 10}}\nmodel: {{hidden: 6, dtype: float64, init_from: {w}}}\n"
+        "train: {steps: 4, eval_every: 0, checkpoint_every: 1}\n"
+    )
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for run, steps in [(whole, 4), (part, 2)]:
+        r = invoke("train", cfg_file, "--quiet", "--run-dir", run, "--set", f"train.steps={steps}", "--threads", "1")
+        assert r.exit_code == 0, r.output
+    recorded = (part / "config.yaml").read_text()
+    np.savez(w, **{k: np.full(v.shape, 0.5) for k, v in like.items()})  # changed since
+    r = invoke("train", "--resume", part, "--quiet", "--set", "train.steps=3")
+    assert r.exit_code == 0, r.output
+    w.unlink()  # and then gone
+    r = invoke("train", "--resume", part, "--quiet", "--set", "train.steps=4")
+    assert r.exit_code == 0, r.output
+    a, b = np.load(whole / "checkpoint.npz"), np.load(part / "checkpoint.npz")
+    for k in like:
+        np.testing.assert_array_equal(a[f"param/{k}"], b[f"param/{k}"])
+    sha = next(line for line in recorded.splitlines() if "init_from_sha256" in line)
+    assert sha in (part / "config.yaml").read_text()  # the recorded hash stays
+    # A new run from the same config still checks the file: it is gone.
+    r = invoke("train", cfg_file, "--quiet", "--run-dir", tmp_path / "new")
+    assert r.exit_code == 2 and "no such file" in r.output, r.output
+
+
 # -- text: reset at the wrap, no held-out part --------------------------------------------
 def test_text_reset_state_at_end_zeroes_the_state_exactly_at_the_wrap(tmp_path):
     text = tmp_path / "t.txt"
