@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from bptt_cli import config as cfgmod
 from bptt_cli import runs
+from bptt_cli.config.schema import grid_key_parts
 from bptt_cli.core.errors import BpttError
 from bptt_cli.core.truncation import parse as parse_truncation
 
@@ -89,22 +90,55 @@ def parse_seeds(text: str, base: int) -> list[int]:
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
-    """``clip.threshold=1,5,none`` (repeatable) -> {"clip.threshold": [1, 5, None]}."""
+    """``--grid`` options (repeatable) -> the grid, in the config's ``compare.grid`` form.
+
+    ``clip.threshold=1,5,none`` -> {"clip.threshold": [1, 5, None]}: one key, crossed with
+    the other grid keys. ``model.cell,model.hidden=elman:67,gru:36`` ->
+    {"model.cell,model.hidden": [["elman", 67], ["gru", 36]]}: keys that vary together, one
+    value of each per grid point (``:`` between a point's values, ``,`` between points).
+    """
     grid: dict[str, list[Any]] = {}
     for item in items:
         key, eq, values = item.partition("=")
         key = key.strip()
         if not eq or not key or not values.strip():
-            raise CompareError(f"--grid expects KEY=V1,V2,... with a dotted key, e.g. clip.threshold=1,5,none; got {item!r}")
-        if key in grid:
-            raise CompareError(f"--grid {key} is given twice; list all its values once: --grid {key}=V1,V2,...")
-        check_grid_key(key)
+            raise CompareError(
+                "--grid expects KEY=V1,V2,... with a dotted key, e.g. clip.threshold=1,5,none "
+                f"(keys that vary together: KEY1,KEY2=A1:B1,A2:B2, e.g. model.cell,model.hidden=elman:67,gru:36); got {item!r}"
+            )
+        keys = grid_keys(key, grid)
         parsed = []
         for v in values.split(","):
-            data = cfgmod.apply_overrides({}, [f"x={v.strip()}"])
-            parsed.append(data["x"])
-        grid[key] = parsed
+            parts = v.split(":") if len(keys) > 1 else [v]
+            if len(parts) != len(keys):
+                raise CompareError(_length_error(key, keys, v.strip(), len(parts)))
+            point = [cfgmod.apply_overrides({}, [f"x={part.strip()}"])["x"] for part in parts]
+            parsed.append(point if len(keys) > 1 else point[0])
+        grid[",".join(keys)] = parsed
     return grid
+
+
+def grid_keys(key: str, grid: dict[str, Any] | None = None) -> list[str]:
+    """The dotted keys of a grid entry (``a.b`` or ``a.b,c.d`` varied together), checked:
+    each a key of its own, named once, in no other entry of ``grid``."""
+    keys = grid_key_parts(key)
+    if len(keys) > 1 and (not all(keys) or len(set(keys)) != len(keys)):
+        raise CompareError(f"--grid {key}: keys that vary together are distinct dotted keys joined by commas, e.g. model.cell,model.hidden")
+    for k in keys:
+        check_grid_key(k)
+        for other in grid or {}:
+            if k in grid_key_parts(other):
+                if grid_key_parts(other) == keys:
+                    raise CompareError(f"--grid {key} is given twice; list all its values once: --grid {key}=V1,V2,...")
+                raise CompareError(f"--grid {k} is varied twice (in {key} and in {other}); each key goes in one --grid")
+    return keys
+
+
+def _length_error(key: str, keys: list[str], point: str, n: int) -> str:
+    return (
+        f"--grid {key}: the point {point!r} has {n} value{'s' * (n != 1)}; each point gives one value "
+        f"for each of the {len(keys)} keys, as {':'.join(keys)}"
+    )
 
 
 def check_grid_key(key: str) -> None:
@@ -145,12 +179,22 @@ def plan(
     n = len(modes) * len(seeds) * math.prod(len(values) for values in grid.values())
     _check_count(n, f"{len(modes)} modes x {len(seeds)} seeds" + "".join(f" x {len(v)} {k} values" for k, v in grid.items()))
     points: list[dict[str, Any]] = [{}]
+    checked: dict[str, Any] = {}
     for key, values in grid.items():
-        check_grid_key(key)
-        repeated = sorted({_text(v) for v in values if values.count(v) > 1})
+        keys = grid_keys(key, checked)
+        checked[key] = values
+        if not isinstance(values, (list, tuple)) or not values:
+            raise CompareError(f"--grid {key} has no values; list at least one")
+        if len(keys) > 1:
+            for v in values:
+                if not isinstance(v, (list, tuple)) or len(v) != len(keys):
+                    many = isinstance(v, (list, tuple))
+                    raise CompareError(_length_error(key, keys, ":".join(map(_text, v)) if many else _text(v), len(v) if many else 1))
+        tuples = [list(v) if len(keys) > 1 else [v] for v in values]
+        repeated = sorted({":".join(map(_text, t)) for t in tuples if tuples.count(t) > 1})
         if repeated:
             raise CompareError(f"--grid {key} lists {', '.join(repeated)} more than once; each value makes one variant")
-        points = [{**p, key: v} for p in points for v in values]
+        points = [{**p, **dict(zip(keys, t))} for p in points for t in tuples]
 
     data = cfgmod.to_dict(base)
     data.pop("compare", None)

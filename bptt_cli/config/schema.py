@@ -670,7 +670,11 @@ class CompareConfig(_Section):
 
     modes: list[Str] | None = Field(None, description="truncation specs to compare; null = full, k_truncated:K, subsequence:K")
     seeds: Union[int, list[int], None] = Field(None, description="a count of seeds from `seed` on, or a list of seeds")
-    grid: dict[str, list[Any]] | None = Field(None, description="dotted key -> values, e.g. clip.threshold: [1, 5, null]")
+    grid: dict[str, list[Any]] | None = Field(
+        None,
+        description="dotted key -> values, e.g. clip.threshold: [1, 5, null]; keys that vary together: "
+        '"model.cell,model.hidden": [[elman, 67], [gru, 36]]',
+    )
 
     @field_validator("modes")
     @classmethod
@@ -716,11 +720,29 @@ class CompareConfig(_Section):
             return None
         if not isinstance(value, Mapping) or not value:
             raise ValueError(f"expected a mapping of dotted keys to lists of values, got {_repr(value)}")
+        seen: dict[str, str] = {}  # dotted key -> the grid entry that varies it
         for key, values in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"grid keys are dotted config keys such as clip.threshold, got {key!r}")
+            keys = grid_key_parts(key)
+            if len(keys) > 1 and (not all(keys) or len(set(keys)) != len(keys)):
+                raise ConfigError(
+                    "keys that vary together are distinct dotted keys joined by commas, "
+                    "e.g. model.cell,model.hidden", key,
+                )
+            for k in keys:
+                if k in seen:
+                    raise ConfigError(f"{k} is also varied by the grid entry {seen[k]!r}; vary each key in one entry", key)
+                seen[k] = key
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"expected a non-empty list of values, got {_repr(values)}", key)
+            if len(keys) > 1:  # one list of len(keys) values per grid point, in the key's order
+                for v in values:
+                    if not isinstance(v, list) or len(v) != len(keys):
+                        raise ConfigError(
+                            f"expected a list of [{', '.join(keys)}] lists of {len(keys)} values each, "
+                            f"e.g. [[elman, 67], [gru, 36]]; got {_repr(v)}", key,
+                        )
         return value
 
 
@@ -828,14 +850,25 @@ class Config(_Section):
         base.pop("compare")
         valid = _override_keys(self)
         for key, values in self.compare.grid.items():
-            if key not in valid:
-                raise ConfigError(f"unknown config key{_hint(key, valid)}", f"compare.grid.{key}")
+            keys = grid_key_parts(key)
+            for k in keys:
+                if k not in valid:
+                    raise ConfigError(f"unknown config key{_hint(k, valid)}", f"compare.grid.{key}")
             for value in values:  # each grid point must make a valid config on its own
+                data = copy.deepcopy(base)
                 try:
-                    from_dict(_set(copy.deepcopy(base), key, value))
+                    for k, v in zip(keys, value if len(keys) > 1 else [value]):
+                        data = _set(data, k, v)
+                    from_dict(data)
                 except ConfigError as e:
                     raise ConfigError(f"value {value!r} gives: {e}", f"compare.grid.{key}") from None
         return self
+
+
+def grid_key_parts(key: str) -> list[str]:
+    """A grid key's dotted keys: ``model.cell,model.hidden`` -> both (varied together, one
+    value of each per grid point); a plain key -> itself."""
+    return [k.strip() for k in key.split(",")]
 
 
 def _override_keys(cfg: Config) -> list[str]:
