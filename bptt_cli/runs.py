@@ -380,14 +380,14 @@ _NUM, _INT = opt("num"), "int"
 # The documented shape of each log's records; keys a record must have are in LOG_REQUIRED.
 LOG_SHAPES: dict[str, Any] = {
     "metrics": {"step": _INT, "update": _INT, "chunk": _INT, "loss": _NUM, "grad_norm": _NUM, "clipped_norm": _NUM,
-                "clipped": opt("bool"), "grad_norms": opt(("map", _NUM)), "lr": _NUM, "time": _NUM},
+                "clipped": opt("bool"), "grad_norms": opt(("map", _NUM)), "lr": _NUM, "time": _NUM, "k": opt(_INT), "beta": _NUM},
     "eval": ("map", _NUM),
     "diagnostics": {
         "step": _INT, "update": _INT,
         "flow": opt({"lags": ("list", _INT), "norms": ("list", _NUM), "decay_per_step": _NUM,
-                     "halves_every": _NUM, "doubles_every": _NUM}),
+                     "halves_every": _NUM, "doubles_every": _NUM, "norms_c": opt(("list", _NUM)), "decay_per_step_c": _NUM}),
         "bias": opt({"cosine": _NUM, "rel_error": _NUM}),
-        "spectrum": opt({"spectral_radius": _NUM, "saturated_share": _NUM}),
+        "spectrum": opt({"spectral_radius": _NUM, "saturated_share": _NUM, "gate": opt("str"), "gate_high": _NUM, "gate_low": _NUM}),
     },
 }  # fmt: skip
 LOG_REQUIRED = {"metrics": ("step",), "eval": ("step", "loss"), "diagnostics": ("step",)}
@@ -404,6 +404,7 @@ SUMMARY_SHAPE: dict[str, Any] = {
     "expectations": opt(("list", {"expect": req("str"), "metric": req("str"), "value": req(_NUM), "ok": req("bool")})),
     "data": opt("str"), "config_digest": opt("str"),
     "threads": opt({"count": opt(_INT), "source": opt("str"), "reason": opt("str")}),
+    "cell": opt("str"), "k_range": opt(("list", opt(_INT))), "k_last": opt(_INT), "tracking": opt(("map", "any")),
 }  # fmt: skip
 
 

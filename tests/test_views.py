@@ -337,3 +337,22 @@ def test_a_plot_of_an_lstm_puts_the_cell_states_flow_beside_h(tmp_path):
     h, c = (next(a for a in fig.axes if a.get_title() == t) for t in titles[-2:])
     assert h.get_position().y0 == pytest.approx(c.get_position().y0) and h.get_position().x0 < c.get_position().x0  # one row
     assert [list(line.get_ydata()) for line in c.get_lines()] == [[0.8, 0.64], [0.8, 0.64]]  # lag 0's zero left out of a log axis
+
+
+def test_new_summary_and_log_keys_of_the_wrong_shape_are_named_and_left_out(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    summary = {"status": "completed", "task": "delay", "cell": "lstm", "k_range": 5, "k_last": 4, "tracking": "x"}
+    (d / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    (d / "config.yaml").write_text("name: x\n", encoding="utf-8")
+    (d / "metrics.jsonl").write_text('{"step": 1, "update": 1, "loss": 1.0, "k": 3, "beta": 0.5}\n'
+                                     '{"step": 2, "update": 2, "loss": 1.0, "k": "seven"}\n', encoding="utf-8")  # fmt: skip
+    (d / "diagnostics.jsonl").write_text(json.dumps({"step": 1, "flow": {"lags": [0], "norms": [1.0], "norms_c": ["x"]}}) + "\n",
+                                         encoding="utf-8")  # fmt: skip
+    run = runs.load_run(d)
+    assert "k_range" not in run.summary and "tracking" not in run.summary and run.summary["k_last"] == 4
+    assert [m["step"] for m in run.metrics] == [1] and run.diagnostics == []
+    text = " ".join(run.problems)
+    assert "k_range: expected a list" in text and "metrics.jsonl:2" in text and "norms_c[0]" in text
+    out = " ".join(text_of(render.run_report(run), width=120).split())
+    assert "cell lstm" in out and "│ K last 4 │" in out
