@@ -133,7 +133,7 @@ def test_an_adaptive_run_an_lstm_run_and_their_compare_validate_with_their_own_f
     from bptt_cli.cli import app
 
     for root, args in (("adaptive", ("--modes", "adaptive:0.5:1:4")), ("lstm", ("--modes", "full", "--grid", "model.cell=lstm"))):
-        result = CliRunner().invoke(app, ["compare", str(DELAY), "--runs-root", str(tmp_path / root), *sets(*DIAG, "truncation.adapt_every=2"),
+        result = CliRunner().invoke(app, ["compare", str(DELAY), "--runs-root", str(tmp_path / root), *sets(*DIAG, "truncation.adapt_every=1"),
                                           *args, "--workers", "1", "-q"], env={"COLUMNS": "200"})  # fmt: skip
         assert result.exit_code == 0, result.output
     (adaptive,), (lstm,) = ((tmp_path / root / "delay").glob("compare-*") for root in ("adaptive", "lstm"))
@@ -144,6 +144,7 @@ def test_an_adaptive_run_an_lstm_run_and_their_compare_validate_with_their_own_f
     (run,) = [p for p in adaptive.iterdir() if p.is_dir()]
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["cell"] == "elman" and summary["k_range"] == [1, 4] and 1 <= summary["k_last"] <= 4
+    assert summary["final"]["train.k"] == summary["k_last"] and "train.beta" not in summary["final"]  # the last update re-estimated: beta is not a final value
     records = runs.read_jsonl(run / "metrics.jsonl")[0]
     assert all(isinstance(r["k"], int) for r in records) and isinstance(records[0]["beta"], float)
     (row,) = schemas.read_csv(adaptive / "compare.csv", schemas.CompareCsvRow)
