@@ -149,6 +149,29 @@ def test_bad_paired_grids_in_a_config_name_the_key(invoke, tmp_path, grid, where
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_grid_on_the_command_line_replaces_the_config_grid_before_validation(invoke, tmp_path):
+    """gating.yaml's follow-up: --set model.forget_bias=3 would be refused by the config grid's
+    elman point, but --grid replaces that grid, so only the LSTM of the model section runs."""
+    path = tmp_path / "cells.yaml"
+    path.write_text(
+        "model:\n  cell: lstm\n  hidden: 4\n  init: orthogonal\ncompare:\n  modes: [full]\n  grid:\n"
+        "    model.cell,model.hidden: [[elman, 8], [lstm, 4]]\n",
+        encoding="utf-8",
+    )
+    args = ["compare", path, "--runs-root", tmp_path / "runs", *sets(*TINY), "--workers", 1, "-q", "--set", "model.forget_bias=3"]
+    refused = invoke(*args)
+    assert refused.exit_code == 2 and "cell elman has no forget gate" in one_line(stderr_of(refused)), refused.output
+    result = invoke(*args, "--grid", "task.delay=1,2", "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    variants = json.loads(result.stdout)["variants"]
+    assert [v["grid"] for v in variants] == [{"task.delay": 1}, {"task.delay": 2}]
+    (plan,) = (tmp_path / "runs").glob("*/compare-*/plan.json")
+    for v in json.loads(plan.read_text(encoding="utf-8"))["variants"]:
+        assert v["config"]["model"]["cell"] == "lstm" and v["config"]["model"]["forget_bias"] == 3
+
+
 def test_a_programmatic_grid_with_a_short_tuple_is_refused():
     with pytest.raises(cmp.CompareError, match=r"the point 'gru' has 1 value"):
         cmp.plan(base(), modes=["full"], seeds=[0], grid={"model.cell,model.hidden": [["elman", 8], ["gru"]]})
