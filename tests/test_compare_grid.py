@@ -68,7 +68,7 @@ def test_the_config_form_plans_the_same_variants_as_the_command_line(tmp_path):
 def test_the_variant_limit_counts_tuples_not_values():
     values = ",".join(f"lstm:{h}" for h in range(1, 101))  # 100 points, 200 values
     assert len(cmp.plan(base(), modes=["full"], seeds=[0], grid=cmp.parse_grid([f"model.cell,model.hidden={values}"]))) == 100
-    with pytest.raises(cmp.CompareError, match=r"1 modes x 101 seeds x 100 model.cell,model.hidden values would make 10,100 variants"):
+    with pytest.raises(cmp.CompareError, match=r"1 modes x 101 seeds x 100 model.cell,model.hidden points would make 10,100 variants"):
         cmp.plan(base(), modes=["full"], seeds=list(range(101)), grid=cmp.parse_grid([f"model.cell,model.hidden={values}"]))
 
 

@@ -177,7 +177,7 @@ def plan(
     if budget not in ("sequences", "updates"):
         raise CompareError(f"--budget must be sequences or updates, got {budget!r}")
     n = len(modes) * len(seeds) * math.prod(len(values) for values in grid.values())
-    _check_count(n, f"{len(modes)} modes x {len(seeds)} seeds" + "".join(f" x {len(v)} {k} values" for k, v in grid.items()))
+    _check_count(n, f"{len(modes)} modes x {len(seeds)} seeds" + "".join(f" x {len(v)} {k} {'points' if ',' in k else 'values'}" for k, v in grid.items()))
     points: list[dict[str, Any]] = [{}]
     checked: dict[str, Any] = {}
     for key, values in grid.items():
