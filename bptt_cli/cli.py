@@ -83,7 +83,7 @@ err = _Lazy(lambda: _console(stderr=True, highlight=False, soft_wrap=True))  # m
 # render (tests/test_threads.py keeps the two equal).
 SORT_KEYS = (
     "train_loss", "eval_loss", "metric_value", "updates_to_target", "grad_norm_median", "grad_norm_max",
-    "clipped_share", "ms_per_update", "ms_per_sequence", "bias_cosine_mean", "bias_cosine_last",
+    "clipped_share", "k_mean", "k_last", "ms_per_update", "ms_per_sequence", "bias_cosine_mean", "bias_cosine_last",
     "bias_rel_error_mean", "bias_rel_error_last", "flow_decay_per_step_first", "flow_decay_per_step_last",
     "group", "updates",
 )  # fmt: skip
