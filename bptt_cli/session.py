@@ -61,11 +61,13 @@ def execute(
     task's cache of encoded corpora, when the trainer is built here.
     """
     with runs.RunLock(run_dir):
-        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer or Trainer(cfg, cache_dir=cache_dir), thread_budget=thread_budget)
+        # A resumed run takes its weights from its checkpoint, so model.init_from's file need not exist any more.
+        trainer = trainer or Trainer(cfg, cache_dir=cache_dir, resume=resume)
+        return _execute(cfg, Path(run_dir), resume=resume, expect=expect, stop=stop, on_event=on_event, trainer=trainer, thread_budget=thread_budget)
 
 
 def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_budget) -> dict:
-    trainer = trainer or Trainer(cfg)
+    trainer = trainer or Trainer(cfg, resume=resume)
     data_fingerprint = _data_fingerprint(trainer.task)
     choice = threads.choose_for(cfg, budget=thread_budget)
     writer = runs.RunWriter(run_dir)

@@ -446,6 +446,25 @@ def test_resume_takes_the_checkpoint_and_needs_no_init_from_file(invoke, tmp_pat
     assert r.exit_code == 2 and "no such file" in r.output, r.output
 
 
+
+def test_api_resume_needs_no_init_from_file(tmp_path):
+    """The notebook API and compare resume through session.execute: the checkpoint wins there too."""
+    from bptt_cli import api
+
+    like = Trainer(_tiny(tmp_path)).initial_state().params
+    w = tmp_path / "w.npz"
+    np.savez(w, **{k: np.full(v.shape, 0.03) for k, v in like.items()})
+    data = {
+        "task": {"name": "delay", "delay": 3, "length": 10},
+        "model": {"hidden": 6, "dtype": "float64", "init_from": str(w)},
+        "train": {"steps": 2, "eval_every": 0, "checkpoint_every": 1, "threads": 1},
+    }
+    run = api.run(data, runs_root=tmp_path / "runs")
+    w.unlink()
+    extended = api.extend(run.path, 4)
+    assert extended.status == "completed" and extended.summary["steps_done"] == 4
+
+
 # -- text: reset at the wrap, no held-out part --------------------------------------------
 def test_text_reset_state_at_end_zeroes_the_state_exactly_at_the_wrap(tmp_path):
     text = tmp_path / "t.txt"
