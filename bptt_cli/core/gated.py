@@ -318,10 +318,6 @@ class _Record:
         """The state after step t-1 (t = 0: h0), a fresh array: (B, H) or (2, B, H)."""
         return self.hs[t].T.copy() if self.cell == "gru" else np.stack([self.hs[t].T, self.cs[t].T])
 
-    def h_rows(self, t0: int, t1: int) -> np.ndarray:
-        """h_{t0-1} .. h_{t1-2} as rows ((t1-t0) B, H), a copy: the left operand of dweight_hh."""
-        return self.hs[t0:t1].transpose(0, 2, 1).reshape(-1, self.hs.shape[1])
-
 
 def _forward_steps(rec: _Record, w: _Weights, x: np.ndarray, t0: int, t1: int) -> None:
     """Steps t0 .. t1-1 into the record; rec.hs[t0] (and cs[t0]) must hold the state before t0."""
@@ -531,33 +527,56 @@ def _chain(cell: str, V, F, A, gh, gc, Ws: list, W_hyT, cuts: list) -> None:
 
 
 class _Grads:
-    """Weight-gradient accumulators in internal order; matmuls over many steps at once."""
+    """Weight-gradient accumulators in internal order; matmuls over many steps at once.
+
+    Each (step, sample) column's right operand is a row of Z = [h_{s-1} | x_s | 1] (``_z_rows``),
+    so the LSTM's three parameter gradients (dweight_hh, dweight_ih, dbias) are ONE matmul
+    A4 @ Z, and the GRU's two (A4 @ [x | 1] for dweight_ih and both biases, A4[H:] @ h for
+    dweight_hh), instead of three matmuls and a row sum.
+    """
 
     def __init__(self, cell: str, I: int, H: int, dt) -> None:
-        G = GATES[cell]
-        self.cell, self.H = cell, H
-        self.ih = np.zeros((G * H, I), dt)
-        self.hh = np.zeros((G * H, H), dt)
-        self.b = np.zeros(4 * H, dt)
+        self.cell, self.H, self.I = cell, H, I
+        self.z = np.zeros((4 * H, H + I + 1), dt)  # [dweight_hh | dweight_ih | dbias], internal order
+        self.hh = None if cell == "lstm" else np.zeros((3 * H, H), dt)
 
-    def add(self, A4: np.ndarray, x_rows: np.ndarray, h_rows: np.ndarray) -> None:
+    def add(self, A4: np.ndarray, Z: np.ndarray) -> None:
         """A4 (4 H, N): the gate adjoints of N (step, sample) columns, [da_o, da_i, da_f, da_g]
-        or [da_n, da_z, da_r, da_hn]; x_rows (N, I), h_rows (N, H): the steps' x_s and h_{s-1}."""
+        or [da_n, da_z, da_r, da_hn]; Z (N, H + I + 1): the rows [h_{s-1} | x_s | 1] of the same columns."""
         H = self.H
-        ih, hh = (A4, A4) if self.cell == "lstm" else (A4[: 3 * H], A4[H:])
-        self.ih += ih @ x_rows
-        self.hh += hh @ h_rows
-        self.b += A4.sum(axis=1)
+        if self.cell == "lstm":
+            self.z += A4 @ Z
+        else:
+            self.z[:, H:] += A4 @ Z[:, H:]
+            self.hh += A4[H:] @ Z[:, :H]
 
     def result(self, params: dict, d_why, d_by) -> dict:
-        H = self.H
-        b_ih, b_hh = (self.b, self.b) if self.cell == "lstm" else (self.b[: 3 * H], self.b[H:])
-        gih, ghh, gbi, gbh = _to_public(self.cell, H, self.ih, self.hh, b_ih, b_hh)
+        H, I = self.H, self.I
+        b = self.z[:, H + I]
+        ih = self.z[:, H : H + I]
+        if self.cell == "lstm":
+            hh, b_ih, b_hh = self.z[:, :H], b, b
+        else:
+            ih, hh, b_ih, b_hh = ih[: 3 * H], self.hh, b[: 3 * H], b[H:]
+        gih, ghh, gbi, gbh = _to_public(self.cell, H, ih, hh, b_ih, b_hh)
         grads = {"weight_ih": gih, "weight_hh": ghh, "bias_ih": gbi, "bias_hh": gbh, "W_hy": d_why, "b_y": d_by}
         for k, g in grads.items():
             if not np.isfinite(g).all():
                 raise DivergedError(f"gradient {k}")
         return grads
+
+
+def _z_rows(rec: _Record, x: np.ndarray, t0: int, t1: int, ws: Workspace) -> np.ndarray:
+    """Z = [h_{s-1} | x_s | 1] ((t1-t0) B, H + I + 1) for steps t0 .. t1-1, one row per (step, sample)."""
+    n = t1 - t0
+    H, B = rec.hs.shape[1:]
+    I = x.shape[2]
+    Z = ws.get("g_Z", (n * B, H + I + 1), x.dtype)
+    Z3 = _view(Z, (n, B, H + I + 1))
+    Z3[:, :, :H] = rec.hs[t0:t1].transpose(0, 2, 1)
+    Z3[:, :, H : H + I] = x[t0:t1]
+    Z[:, H + I] = 1
+    return Z
 
 
 def _gate_columns(A: np.ndarray, H: int) -> np.ndarray:
@@ -595,6 +614,7 @@ def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Works
     acc = _Grads(rec.cell, I, H, dt)
     Ws = [_stacked_T(w.bT, params["W_hy"])] * Tb
     F = rec.gates[:, 2] if rec.cell == "lstm" else None
+    Z = _z_rows(rec, x, 0, T, ws)
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
         t1 = min(t0 + Tb, T)
         n = t1 - t0
@@ -605,7 +625,7 @@ def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Works
         _factors(rec, t0, t1, V, tmp)
         cuts = [t % C == 0 for t in range(t0, t1)]
         _chain(rec.cell, V[:n], F[t0:t1] if F is not None else None, A[:n], gh, gc, Ws[:n], W_hyT, cuts)
-        acc.add(_gate_columns(A[:n], H), x[t0:t1].reshape(n * B, I), rec.h_rows(t0, t1))
+        acc.add(_gate_columns(A[:n], H), Z[t0 * B : t1 * B])
     return acc
 
 
@@ -674,7 +694,7 @@ def _lag_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, W: int, ws:
         if j + 1 < C:  # still inside the chunk: the losses of the step before
             Gh[:, lo2:] += Dh[:, p0 - 1 + k * C : p0 - 1 + (nC - lo) * C : C]
     acc = _Grads(rec.cell, I, H, dt)
-    acc.add(A[:, :, :T].reshape(4 * H, T * B), x.reshape(T * B, I), rec.h_rows(0, T))
+    acc.add(A[:, :, :T].reshape(4 * H, T * B), _z_rows(rec, x, 0, T, ws))
     return acc
 
 
@@ -767,7 +787,7 @@ def chunked_pass(params: dict, x: np.ndarray, targets: np.ndarray, mask: np.ndar
         F = rec.gates[f:b, 2] if cell == "lstm" else None
         _chain(cell, V[:L], F, A[:L], gh, gc, Ws, W_hyT, [s == f for s in range(f, b)])
         acc = _Grads(cell, I, H, dt)
-        acc.add(_gate_columns(A[:L], H), x[f:b].reshape(L * B, I), rec.h_rows(f, b))
+        acc.add(_gate_columns(A[:L], H), _z_rows(rec, x, f, b, ws))
         grads = acc.result(params, *_output_grads(dy, rec.hs[a + 1 : b + 1]))
         on_chunk(c, value, grads)
     return rec.state(T)
