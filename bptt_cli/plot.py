@@ -180,11 +180,16 @@ def style_keys(rows: list[dict], keys: list[str]) -> list[str]:
     def numeric(k: str) -> bool:
         return any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)
 
+    def drop(a: str, b: str) -> str:
+        if "model.cell" in (a, b):  # the cell names a line better than the size matched to it
+            return b if a == "model.cell" else a
+        return b if numeric(a) or not numeric(b) else a
+
     kept = list(keys)
     for a in keys:
         for b in keys:
             if a != b and a in kept and b in kept and len(set(zip(values(a), values(b)))) == len(set(values(a))) == len(set(values(b))):
-                kept.remove(b if numeric(a) or not numeric(b) else a)
+                kept.remove(drop(a, b))
     return kept
 
 

@@ -32,6 +32,9 @@ FORMATS = ("table", "markdown", "latex", "csv", "json")
 # Keys that never make two runs different experiments: the seed (aggregated), how fast they
 # ran, where they logged, and the compare: section (a plan for variants, not a run's setting).
 IGNORED_KEYS = ("seed", "train.threads", "tracking", "compare")
+# Keys that mean something for some cells only: a run of another cell has no value for them,
+# which is not a difference (an Elman run and an LSTM run differ by their cell, not by forget_bias).
+CELL_KEYS = {"model.forget_bias": ("lstm",), "model.activation": ("elman",), "model.spectral_radius": ("elman",)}
 # Summary columns of a side-by-side row, in order; eval.<metric> columns follow eval_loss.
 VALUE_COLUMNS = ("train_loss", "eval_loss")
 TAIL_COLUMNS = ("updates", "ms_per_update")
@@ -115,13 +118,28 @@ def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     for k in keys:
         if k in IGNORED_KEYS or k.split(".", 1)[0] in IGNORED_KEYS:
             continue
-        if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1:
+        applies = [c for c in configs if c.get("model.cell", "elman") in CELL_KEYS.get(k, (c.get("model.cell", "elman"),))]
+        if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in applies}) > 1:
             out.append(k)
+    if "model.cell" in out:  # the cell first: it sets the colour of a plot's lines
+        out.remove("model.cell")
+        out.insert(0, "model.cell")
     return out
 
 
+def with_cell(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config with its cell named (an Elman config leaves its default cell out) and
+    without the keys that are no setting of that cell (a gated cell's dump still holds activation)."""
+    flat = dict(flat)
+    flat.setdefault("model.cell", "elman")
+    for k, cells in CELL_KEYS.items():
+        if flat["model.cell"] not in cells:
+            flat.pop(k, None)
+    return flat
+
+
 def _config_of(run: runs.Run) -> dict[str, Any]:
-    flat = flatten(run.config)
+    flat = with_cell(flatten(run.config))
     if "truncation.mode" in flat and run.summary.get("truncation"):
         flat["truncation.mode"] = run.summary["truncation"]  # the canonical spec (k_truncated:5)
     return flat
@@ -134,6 +152,8 @@ def title_of(configs: list[dict[str, Any]], keys: list[str]) -> str:
     parts = []
     for k, label in (("name", ""), ("task.name", "task "), ("truncation.mode", ""), ("model.cell", ""), ("model.hidden", "H="),
                      ("model.activation", ""), ("optimizer.name", ""), ("clip.mode", "clip ")):  # fmt: skip
+        if k in CELL_KEYS and any(c.get("model.cell") not in CELL_KEYS[k] for c in configs):
+            continue  # e.g. the activation, when not every run is an Elman cell
         if shared(k) and not (k == "model.cell" and first.get(k) == "elman"):
             parts.append(f"{label}{first[k]}")
     return ", ".join(parts)

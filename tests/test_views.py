@@ -356,3 +356,38 @@ def test_new_summary_and_log_keys_of_the_wrong_shape_are_named_and_left_out(tmp_
     assert "k_range: expected a list" in text and "metrics.jsonl:2" in text and "norms_c[0]" in text
     out = " ".join(text_of(render.run_report(run), width=120).split())
     assert "cell lstm" in out and "│ K last 4 │" in out
+
+
+# -- gated cells side by side ---------------------------------------------------------------
+def _dumped(cell: str, hidden: int) -> dict:
+    """A flattened config as config.yaml holds it: elman leaves its cell out, only an LSTM has
+    forget_bias, and every cell's dump still carries the Elman activation."""
+    flat = {"name": "gating", "task.name": "agreement", "model.hidden": hidden, "model.activation": "tanh", "seed": 0}
+    if cell != "elman":
+        flat["model.cell"] = cell
+    if cell == "lstm":
+        flat["model.forget_bias"] = 1.0
+    return flat
+
+
+def test_cells_are_told_apart_by_the_cell_not_by_keys_of_one_cell_only():
+    configs = [views.with_cell(_dumped(c, h)) for c, h in (("elman", 67), ("gru", 36), ("lstm", 30))]
+    keys = views.differing_keys(configs)
+    assert keys == ["model.cell", "model.hidden"]  # not forget_bias (LSTM only), cell first
+    assert "tanh" not in views.title_of(configs, keys)  # the Elman activation is not what they share
+
+
+def test_an_lstm_setting_that_differs_is_still_a_difference():
+    configs = [views.with_cell({**_dumped("lstm", 30), "model.forget_bias": b}) for b in (1.0, 3.0)]
+    assert views.differing_keys(configs) == ["model.forget_bias"]
+    elman = [views.with_cell({**_dumped("elman", 67), "model.activation": a}) for a in ("tanh", "relu")]
+    assert views.differing_keys(elman) == ["model.activation"]
+
+
+def test_a_plot_names_its_lines_by_cell_rather_than_by_the_matched_size():
+    from bptt_cli import plot
+
+    rows = [{"model.cell": c, "model.hidden": h} for c, h in (("elman", 67), ("gru", 36), ("lstm", 30))]
+    assert plot.style_keys(rows, ["model.cell", "model.hidden"]) == ["model.cell"]
+    clip = [{"clip.mode": m, "clip.threshold": t} for m, t in (("none", None), ("global_norm", 5))]
+    assert plot.style_keys(clip, ["clip.mode", "clip.threshold"]) == ["clip.threshold"]  # numbers still win elsewhere
