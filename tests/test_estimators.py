@@ -401,3 +401,11 @@ def test_new_modes_refuse_a_gated_cell_before_a_run_exists(invoke, tmp_path, mod
     res = invoke("train", *sets(*SMALL, "model.cell=gru", "model.init=pytorch", f"truncation.mode={mode}"), "--runs-root", tmp_path)
     assert_user_error(res, "elman cell only")
     assert not list(tmp_path.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("mode", ["random_k:3", "adaptive:0.1"])
+def test_a_compare_refuses_a_gated_cell_with_a_new_mode_when_it_is_planned(invoke, tmp_path, mode):
+    """Refused with the plan (exit 2, nothing written), not variant by variant as each runs."""
+    res = invoke("compare", *sets(*SMALL, "model.cell=lstm"), "--modes", f"full,{mode}", "--smoke", "--runs-root", tmp_path)
+    assert_user_error(res, "elman cell only")
+    assert not any(tmp_path.iterdir())

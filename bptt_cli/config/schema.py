@@ -840,6 +840,18 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _cell_takes_the_mode(self) -> Config:
+        # Checked here so a compare refuses such a variant when it is planned (exit 2), not when it runs.
+        tr = _truncation.parse(self.truncation.spec)
+        if self.model.cell != "elman" and (tr.random or tr.adaptive is not None):
+            raise ConfigError(
+                f"{tr} is implemented for the elman cell only; gated cells (gru, lstm) take full, "
+                "k_truncated:K, subsequence:K or tbptt:K1:K2",
+                "truncation.mode",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self) -> Config:
         if self.compare is None or not self.compare.grid:
             return self
