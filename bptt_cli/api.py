@@ -199,7 +199,11 @@ def compare(
 
     from bptt_cli import compare as cmp
 
-    base = _config(config, overrides)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    # ``grid`` replaces the config's whole grid (as --grid does), so that grid is left out before
+    # validation: an override one of its points refuses must not stop this compare.
+    base = _config(config, [*overrides, "compare.grid=null"] if grid is not None else overrides)
     if smoke:
         base = cfgmod.smoke(base)
     if isinstance(modes, str):

@@ -165,3 +165,20 @@ def test_resume_refuses_any_other_change_and_says_what_may_change(tmp_path):
             assert w in result.output, (args, result.output)
     assert (d / "metrics.jsonl").read_bytes() == before  # nothing was touched
     assert "steps: 6" in (d / "config.yaml").read_text()
+
+
+def test_compare_with_a_grid_replaces_the_configs_own(tmp_path):
+    """As bptt compare --grid does: the config's grid (here one with an Elman point, which refuses
+    forget_bias) is replaced, not validated against the overrides."""
+    cmp = api.compare(
+        ROOT / "configs" / "experiments" / "gating.yaml",
+        ["model.forget_bias=3", "train.threads=1"],
+        modes=["full"],
+        seeds=1,
+        grid={"task.distance": [10]},
+        runs_root=tmp_path,
+        smoke=True,
+    )
+    rows = cmp.variants if isinstance(cmp.variants, list) else cmp.variants.to_dict("records")
+    assert [r["status"] for r in rows] == ["completed"]
+    assert cmp.run(rows[0]["id"]).config["model"]["forget_bias"] == 3
