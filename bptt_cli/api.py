@@ -40,7 +40,7 @@ __all__ = ["Compare", "Run", "compare", "extend", "load_compare", "load_run", "r
 def table(records: list[dict]) -> Any:
     """Records as a DataFrame (pandas installed) or a list of flat dicts: nested dicts become
     dotted columns either way."""
-    rows = [tracking.flatten(r) for r in records]
+    rows = [runs.flatten(r) for r in records]
     try:
         import pandas as pd
     except ImportError:

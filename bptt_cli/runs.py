@@ -92,6 +92,20 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys: {"model": {"hidden": 64}} -> {"model.hidden": 64}
+    (lists and empty dicts stay values). How configs and records are tabulated, tracked and
+    compared: ``bptt show``, the notebook API, TensorBoard and MLflow."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def dumps(record: dict) -> str:
     return json.dumps(_jsonable(record), separators=(",", ":"), allow_nan=False)
 

@@ -269,7 +269,7 @@ def resume_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if not overrides:
         return recorded
     cfg = load_config(path, list(overrides))
-    before, after = tracking.flatten(to_dict(recorded)), tracking.flatten(to_dict(cfg))
+    before, after = runs.flatten(to_dict(recorded)), runs.flatten(to_dict(cfg))
     changed = [k for k in dict.fromkeys([*before, *after]) if before.get(k, _MISSING) != after.get(k, _MISSING)]
     refused = [k for k in changed if k not in RESUME_MAY_CHANGE and not k.startswith("tracking.")]
     if refused:

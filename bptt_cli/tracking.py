@@ -54,18 +54,6 @@ class TrackingError(BpttError, ValueError):
 
 
 # -- what is sent ---------------------------------------------------------------------------
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one level of dotted keys: {"model": {"hidden": 64}} -> {"model.hidden": 64}."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _number(v: Any) -> float | None:
     if isinstance(v, bool):
         return float(v)
@@ -84,7 +72,7 @@ def metric_values(log: str, record: dict) -> tuple[int, dict[str, float]]:
     x = record.get("update", record.get("step", 0))
     rest = {k: v for k, v in record.items() if k not in _SKIP[log]}
     values = {}
-    for k, v in flatten(rest).items():
+    for k, v in runs.flatten(rest).items():
         n = _number(v)
         if n is not None:
             values[f"{_PREFIX[log]}/{k}"] = n
@@ -94,7 +82,7 @@ def metric_values(log: str, record: dict) -> tuple[int, dict[str, float]]:
 def params_of(config: dict) -> dict[str, str | float | bool]:
     """The flattened config with values a tracker takes (numbers, booleans, strings)."""
     out: dict[str, str | float | bool] = {}
-    for k, v in flatten(config).items():
+    for k, v in runs.flatten(config).items():
         out[k] = v if isinstance(v, (str, bool, int, float)) else json.dumps(v)
     return out
 

@@ -98,18 +98,6 @@ def gather(paths: Iterable[Path], *, logs: bool = False, on_skip: Callable[[Path
 
 
 # -- grouping by what differs ---------------------------------------------------------------
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """{"model.hidden": 64, ...}: dotted keys to the config's leaves (lists stay values)."""
-    out: dict[str, Any] = {}
-    for k, v in config.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def differing_keys(configs: list[dict[str, Any]]) -> list[str]:
     """The dotted keys whose values are not the same in every config (seed and how runs were
     executed excluded), in config order."""
@@ -139,7 +127,7 @@ def with_cell(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _config_of(run: runs.Run) -> dict[str, Any]:
-    flat = with_cell(flatten(run.config))
+    flat = with_cell(runs.flatten(run.config))
     if "truncation.mode" in flat and run.summary.get("truncation"):
         flat["truncation.mode"] = run.summary["truncation"]  # the canonical spec (k_truncated:5)
     return flat
