@@ -253,9 +253,9 @@ def gated_table(args, configs, repeats, warmup) -> Table:
     with _common.threadpool_limits(limits=1, user_api="blas"):
         per_call = call_cost()
         for cell in cells:
-            calls = gated.step_calls(cell)
             for name in configs:
                 cfg = _common.CONFIGS[name]
+                calls = gated.step_calls(cell, cfg.B, cfg.H)
                 modes = ("full", "k_truncated:20") if name == "A" else ("full",)
                 ours, theirs = make_gated_updates(cell, cfg, dt, modes)
                 blas, nblocks = gated_matmuls(cell, cfg, dt)
