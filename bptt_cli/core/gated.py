@@ -586,18 +586,27 @@ class _Grads:
 
     def result(self, params: dict, d_why, d_by) -> dict:
         H, I = self.H, self.I
-        b = self.z[:, H + I]
-        ih = self.z[:, H : H + I]
-        if self.cell == "lstm":
-            hh, b_ih, b_hh = self.z[:, :H], b, b
+        if self.cell == "lstm":  # one permutation of z, one finiteness check (per key only on failure)
+            pub = np.empty_like(self.z)
+            pub.reshape(4, H, -1)[list(_ORDER_IH["lstm"])] = self.z.reshape(4, H, -1)
+            b = pub[:, H + I]
+            grads = {"weight_ih": np.ascontiguousarray(pub[:, H : H + I]), "weight_hh": np.ascontiguousarray(pub[:, :H]),
+                     "bias_ih": b.copy(), "bias_hh": b.copy(), "W_hy": d_why, "b_y": d_by}
+            if np.isfinite(pub).all() and np.isfinite(d_why).all() and np.isfinite(d_by).all():
+                return grads
         else:
-            ih, hh, b_ih, b_hh = ih[: 3 * H], self.hh, b[: 3 * H], b[H:]
-        gih, ghh, gbi, gbh = _to_public(self.cell, H, ih, hh, b_ih, b_hh)
-        grads = {"weight_ih": gih, "weight_hh": ghh, "bias_ih": gbi, "bias_hh": gbh, "W_hy": d_why, "b_y": d_by}
+            grads = self._gru_result(d_why, d_by)
         for k, g in grads.items():
             if not np.isfinite(g).all():
                 raise DivergedError(f"gradient {k}")
         return grads
+
+    def _gru_result(self, d_why, d_by) -> dict:
+        H, I = self.H, self.I
+        b = self.z[:, H + I]
+        ih, hh, b_ih, b_hh = self.z[: 3 * H, H : H + I], self.hh, b[: 3 * H], b[H:]
+        gih, ghh, gbi, gbh = _to_public(self.cell, H, ih, hh, b_ih, b_hh)
+        return {"weight_ih": gih, "weight_hh": ghh, "bias_ih": gbi, "bias_hh": gbh, "W_hy": d_why, "b_y": d_by}
 
 
 def _z_rows(rec: _Record, x: np.ndarray, t0: int, t1: int, ws: Workspace) -> np.ndarray:
