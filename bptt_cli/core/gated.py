@@ -280,7 +280,11 @@ class _Weights:
             scale[0] = 1.0  # n: a plain tanh after r is known
         self.f_ih = (Wih[list(oi)] * scale[:, :, None]).reshape(G * H, -1)
         perm = Whh[list(oh)]  # (G, H, H), internal order, a copy
-        self.bT = np.ascontiguousarray(perm.reshape(G * H, H).T)  # (H, G H)
+        # stacked = [weight_hh blocks; W_hy]^T (H, G H + O), the backward chain's matrix; bT its first G H columns
+        self.stacked = np.empty((H, G * H + params["W_hy"].shape[0]), dt)
+        self.stacked[:, : G * H] = perm.reshape(G * H, H).T
+        self.stacked[:, G * H :] = params["W_hy"].T
+        self.bT = self.stacked[:, : G * H]
         if cell == "lstm":
             self.f_b = ((bih + bhh)[list(oi)] * scale).reshape(-1, 1)
             self.f_hh = (perm * scale[:, :, None]).reshape(G * H, H)
@@ -655,7 +659,7 @@ def _chain_gradients(params, x, rec: _Record, w: _Weights, dy, C: int, ws: Works
     gc = ws.get("g_gc", (H, B), dt, zero=True)
     np.matmul(W_hyT, dy[T - 1], out=gh)  # dL/dh_{T-1}: its direct term alone
     acc = _Grads(rec.cell, I, H, dt)
-    Ws = [_stacked_T(w.bT, params["W_hy"])] * Tb
+    Ws = [w.stacked] * Tb
     F = rec.gates[:, 2] if rec.cell == "lstm" else None
     Z = _z_rows(rec, x, 0, T, ws)
     for t0 in range((T - 1) // Tb * Tb, -1, -Tb):
