@@ -632,7 +632,7 @@ def _gate_columns(A: np.ndarray, H: int) -> np.ndarray:
     return A[:, H : 5 * H].transpose(1, 0, 2).reshape(4 * H, n * B)
 
 
-_BLOCK_BYTES = 1 << 19  # per-block factor buffer of the chain: a block's steps stay in L2 (best of 2^18..2^24 on A and C)
+_BLOCK_BYTES = 1 << 20  # per-block factor buffer of the chain: a block's steps stay in L2 (best of 2^18..2^22 on A and C with the one-matmul gradients)
 
 
 def _block_steps(T: int, B: int, H: int, dt) -> int:
