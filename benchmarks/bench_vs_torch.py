@@ -196,8 +196,8 @@ def gated_matmuls(cell: str, cfg: _common.Config, dt):
     a, Wext, gh = r(B, k * H + O), r(k * H + O, H), r(B, H)
     Tb = gated._block_steps(T, B, H, dt)
     blocks = [min(Tb, T - t0) * B for t0 in range(0, T, Tb)]
-    A = r(Tb * B, 4 * H)
-    ones = np.ones(Tb * B, dt)
+    A = r(4 * H, Tb * B)  # a block's gate adjoints, (step, sample) columns
+    Z = r(Tb * B, H + I + 1)  # its rows [h_{s-1} | x_s | 1]
 
     def run():
         np.matmul(x, W_ih, out=xw)
@@ -206,10 +206,12 @@ def gated_matmuls(cell: str, cfg: _common.Config, dt):
         np.matmul(W_hy, hs.T, out=y)
         for _ in range(T):
             np.matmul(a, Wext, out=gh)
-        for n in blocks:
-            A[:n, : G * H].T @ x[:n]
-            A[:n, : G * H].T @ hs[:n]
-            ones[:n] @ A[:n]
+        for n in blocks:  # weight gradients: LSTM one matmul, GRU two (ih + biases, hh)
+            if cell == "lstm":
+                A[:, :n] @ Z[:n]
+            else:
+                A[:, :n] @ Z[:n, H:]
+                A[H:, :n] @ Z[:n, :H]
         y @ hs  # dW_hy
 
     return run, len(blocks)
