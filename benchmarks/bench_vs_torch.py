@@ -24,8 +24,10 @@ Gated cells (issue 14, ``--cells gru lstm``): the same update with ``core/gated.
 after the same float64 cross-check. Per cell the table prints the NumPy calls per time step
 (forward and backward chain) and where an update's time goes: BLAS (the update's matmuls,
 same count and sizes, replayed alone), Python and call overhead (the update's NumPy calls
-times the cost of one call on a 1-element array) and elementwise work (the rest); and, on
-config A, gated ``k_truncated:20`` against gated ``full`` (same run).
+times the cost of one call on a 1-element array) and elementwise work (the rest); the floor
+of the engine's design (BLAS + the forward's np.exp / np.tanh calls alone + Python: every
+other elementwise call free) with torch's time over it, the best ratio this design could
+reach; and, on config A, gated ``k_truncated:20`` against gated ``full`` (same run).
 """
 
 from __future__ import annotations
@@ -217,6 +219,30 @@ def gated_matmuls(cell: str, cfg: _common.Config, dt):
     return run, len(blocks)
 
 
+def gated_transcendentals(cell: str, cfg: _common.Config, dt):
+    """The np.exp / np.tanh calls of one gated update's forward (same count, sizes, forms), as a function.
+    With the matmuls and the calls' fixed cost, the floor of the engine's design: every other
+    elementwise call free."""
+    T, B, H = cfg.T, cfg.B, cfg.H
+    rng = np.random.default_rng(0)
+    gates = rng.standard_normal((4 * H, B)).astype(dt)
+    out = np.empty_like(gates)
+    if cell == "gru":
+        sizes = ((np.exp, 2 * H), (np.tanh, H))  # z and r in one exp, n
+    elif B * H <= gated._TANH_FORM:
+        sizes = ((np.tanh, 4 * H), (np.tanh, H))  # all four gates in one tanh, tanh(c)
+    else:
+        sizes = ((np.exp, 4 * H), (np.tanh, H))  # all four gates in one exp, tanh(c)
+    ops = [(f, gates[:n], out[:n]) for f, n in sizes]
+
+    def run():
+        for _ in range(T):
+            for f, a, o in ops:
+                f(a, out=o)
+
+    return run, len(ops) * T
+
+
 def call_cost() -> float:
     """Seconds per NumPy call on a 1-element array (the per-call overhead): the fastest of 20
     runs of 1000 calls, since under load the median would count other processes' time."""
@@ -244,11 +270,12 @@ def gated_table(args, configs, repeats, warmup) -> Table:
         f"median of {repeats} ({5 * repeats} on B), alternating",
         caption=f"{_common.machine_line()}\n{_common.blas_line()}; torch {torch.__version__}\n"
         "calls/step: NumPy calls per time step, forward + backward chain; BLAS: the update's matmuls replayed "
-        "alone; Python: calls x the cost of a 1-element call; elementwise: the rest. k20/full: gated "
+        "alone; Python: calls x the cost of a 1-element call; elementwise: the rest. floor: BLAS + the forward's "
+        "exp/tanh calls alone + Python (every other elementwise call free), and torch over it. k20/full: gated "
         "k_truncated:20 over gated full, same run",
     )
     for col in ("cell", "config", "bptt ms", "torch ms", "torch / bptt", "target", "result", "calls/step",
-                "BLAS", "elementwise", "Python", "k20 / full"):
+                "BLAS", "elementwise", "Python", "floor (torch / floor)", "k20 / full"):
         table.add_column(col, justify="left" if col in ("cell", "config") else "right")
     dt = np.dtype(np.float32)
     torch.set_num_threads(1)
@@ -261,7 +288,8 @@ def gated_table(args, configs, repeats, warmup) -> Table:
                 modes = ("full", "k_truncated:20") if name == "A" else ("full",)
                 ours, theirs = make_gated_updates(cell, cfg, dt, modes)
                 blas, nblocks = gated_matmuls(cell, cfg, dt)
-                fns = {"bptt": ours["full"], "torch": theirs, "blas": blas}
+                transc, n_transc = gated_transcendentals(cell, cfg, dt)
+                fns = {"bptt": ours["full"], "torch": theirs, "blas": blas, "transc": transc}
                 if name == "A":
                     fns["k20"] = ours["k_truncated:20"]
                 # B takes milliseconds and its noise is the machine's: five times the runs for the same cost
@@ -272,6 +300,7 @@ def gated_table(args, configs, repeats, warmup) -> Table:
                 n_calls = (calls["forward"] + calls["backward"]) * cfg.T + 12 * nblocks + 40  # + per block, per call
                 py = n_calls * per_call
                 ew = max(t["bptt"] - t["blas"] - py, 0.0)
+                floor = t["blas"] + t["transc"] + py - n_transc * per_call  # the exp/tanh calls' fixed cost once
                 total = t["bptt"]
 
                 def share(v: float, total: float = total) -> str:
@@ -283,7 +312,7 @@ def gated_table(args, configs, repeats, warmup) -> Table:
                     k20 = f"{r20:.2f} (<= {K20_TARGET:g}: {_common.verdict(r20 <= K20_TARGET)})"
                 table.add_row(cell, str(cfg), _common.ms(t["bptt"]), _common.ms(t["torch"]), f"{ratio:.2f}", target,
                               result, f"{calls['forward']} + {calls['backward']}", share(t["blas"]), share(ew),
-                              share(py), k20)
+                              share(py), f"{_common.ms(floor)} ({t['torch'] / floor:.2f})", k20)
     return table
 
 
