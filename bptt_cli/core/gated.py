@@ -361,38 +361,39 @@ def _forward_steps(rec: _Record, w: _Weights, x: np.ndarray, t0: int, t1: int) -
 def _steps(rec: _Record, f_hh, b_hn, gates, t0: int, t1: int, H: int, tanh_form: bool = False) -> None:
     """The recurrence of ``_forward_steps``: gates (n, G H, B) hold the input projections."""
     hw = rec.tmp
+    if rec.cell == "lstm":
+        # Every per-step operand a prebuilt view that zip hands out (no slicing inside the loop).
+        g4 = rec.gates[t0:t1]  # (n, 4, H, B): o, i, f, g
+        sg3 = gates[:, : 3 * H]  # the sigmoid gates as one block per step
+        ig = hw[:H]
+        views = zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.cs[t0:t1], rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1],
+                    gates, sg3, g4[:, 0], g4[:, 1], g4[:, 2], g4[:, 3])
     if tanh_form:  # LSTM, small blocks: 10 calls
-        H3 = 3 * H
-        for h_prev, h, c_prev, c, tc, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.cs[t0:t1],
-                                                rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1], gates):
+        for h_prev, h, c_prev, c, tc, gt, sg, o, i, f, gg in views:
             np.matmul(f_hh, h_prev, out=hw)
             gt += hw  # a/2 (o, i, f), a (g)
             np.tanh(gt, out=gt)
-            sg = gt[:H3]
             sg *= 0.5
             sg += 0.5  # sigma(a) = tanh(a/2)/2 + 1/2
-            np.multiply(gt[2 * H : H3], c_prev, out=c)  # f c
-            np.multiply(gt[H : 2 * H], gt[H3:], out=hw[:H])  # i g
-            c += hw[:H]
+            np.multiply(f, c_prev, out=c)  # f c
+            np.multiply(i, gg, out=ig)  # i g
+            c += ig
             np.tanh(c, out=tc)
-            np.multiply(gt[:H], tc, out=h)  # o tanh(c)
+            np.multiply(o, tc, out=h)  # o tanh(c)
     elif rec.cell == "lstm":
-        H3 = 3 * H
-        for h_prev, h, c_prev, c, tc, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.cs[t0:t1],
-                                                rec.cs[t0 + 1 : t1 + 1], rec.tc[t0:t1], gates):
+        for h_prev, h, c_prev, c, tc, gt, _, o, i, f, gg in views:
             np.matmul(f_hh, h_prev, out=hw)
             gt += hw  # -a (o, i, f), -2a (g)
             np.exp(gt, out=gt)
             gt += 1
             np.divide(1, gt, out=gt)  # sigma(a); sigma(2a) for g (divide: SIMD, reciprocal is not)
-            gg = gt[H3:]
             gg *= 2
             gg -= 1  # tanh(a) = 2 sigma(2a) - 1
-            np.multiply(gt[2 * H : H3], c_prev, out=c)  # f c
-            np.multiply(gt[H : 2 * H], gg, out=hw[:H])  # i g
-            c += hw[:H]
+            np.multiply(f, c_prev, out=c)  # f c
+            np.multiply(i, gg, out=ig)  # i g
+            c += ig
             np.tanh(c, out=tc)
-            np.multiply(gt[:H], tc, out=h)  # o tanh(c)
+            np.multiply(o, tc, out=h)  # o tanh(c)
     else:
         H2 = 2 * H
         for h_prev, h, hn, gt in zip(rec.hs[t0:t1], rec.hs[t0 + 1 : t1 + 1], rec.hn[t0:t1], gates):
