@@ -542,18 +542,20 @@ def _chain(cell: str, V, F, A, gh, gc, Ws: list, W_hyT, cuts: list) -> None:
     A5 = _view(A[:, : 5 * H], (n, 5, H, B))
     k = _MATMUL_FROM[cell] * H
     tail = A[:, 5 * H :]
-    if cell == "lstm":
-        for v, a5, a, f, W, cut, dy in zip(V[n - 1 :: -1], A5[::-1], A[::-1], F[::-1], Ws[::-1], cuts[::-1],
-                                           tail[::-1]):
-            np.multiply(gh, v[0:2], out=a5[0:2])  # dh Q, da_o
-            gc += a5[0]  # dL/dc_t: from step t+1 and through h_t
-            np.multiply(gc, v[2:5], out=a5[2:5])  # da_i, da_f, da_g
+    if cell == "lstm":  # every per-step operand a prebuilt view that zip hands out
+        V, A5 = V[n - 1 :: -1], A5[::-1]
+        for v01, v234, a01, a0, a234, am, f, W, cut, dy in zip(V[:, 0:2], V[:, 2:5], A5[:, 0:2], A5[:, 0],
+                                                               A5[:, 2:5], A[::-1, k:], F[::-1], Ws[::-1],
+                                                               cuts[::-1], tail[::-1]):
+            np.multiply(gh, v01, out=a01)  # dh Q, da_o
+            gc += a0  # dL/dc_t: from step t+1 and through h_t
+            np.multiply(gc, v234, out=a234)  # da_i, da_f, da_g
             if cut:
                 gc.fill(0)
                 np.matmul(W_hyT, dy, out=gh)  # only the direct term of the step before
             else:
                 gc *= f
-                np.matmul(W, a[k:], out=gh)
+                np.matmul(W, am, out=gh)
     else:
         for v, a5, a, W, cut, dy in zip(V[n - 1 :: -1], A5[::-1], A[::-1], Ws[::-1], cuts[::-1], tail[::-1]):
             np.multiply(gh, v[0:3], out=a5[0:3])  # dh z, da_n, da_z
