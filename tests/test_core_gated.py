@@ -316,3 +316,30 @@ def test_dispatch_from_bptt_and_model(cell):
     assert net.cell == cell and net.sizes == (2, 3, 4)
     assert tuple(net.params) == model.param_names(cell) == gated.PARAM_NAMES
     assert model.param_names() == model.PARAM_NAMES
+
+
+@pytest.mark.parametrize("form", ("exp", "tanh"))
+@pytest.mark.parametrize("mode", MODES)
+def test_both_lstm_gate_forms_match_reference(monkeypatch, form, mode):
+    """The LSTM forward has two forms of its gate nonlinearities, chosen by B H: one np.tanh for
+    every gate (small blocks) and one np.exp (larger ones). The shapes above are all small, so
+    each form is forced here in turn, the chunk updates included."""
+    monkeypatch.setattr(gated, "_TANH_FORM", 0 if form == "exp" else 10**9)
+    assert gated.step_calls("lstm", 2, 3)["forward"] == (12 if form == "exp" else 10)  # the form in force
+    for k, shape in enumerate(SHAPES):
+        params, x, targets, mask, h0 = _problem("lstm", "cross_entropy", shape, _seed("form", mode, k))
+        _, want = rg.gradients(params, x, targets, mask, mode, "lstm", "cross_entropy", h0)
+        _, got, _ = gated.loss_and_gradients(params, x, targets, mask, mode, cell="lstm", loss="cross_entropy", h0=h0)
+        for key in rg.KEYS:
+            assert ref.rel_err(got[key], want[key]) <= 1e-10, f"{form} {mode} {shape}: {key}"
+    params, x, targets, mask, h0 = _problem("lstm", "mse", (8, 2, 2, 3, 3), _seed("form chunk", mode))
+    want_params, records, _ = rg.chunked_replay(params, x, targets, mask, mode, "lstm", "mse", h0, lr=0.3)
+    p = {key: v.copy() for key, v in params.items()}
+
+    def on_chunk(index, value, grads):
+        for key in p:
+            p[key] -= 0.3 * grads[key]
+
+    gated.chunked_pass(p, x, targets, mask, mode, on_chunk, cell="lstm", loss="mse", h0=h0)
+    for key in rg.KEYS:
+        assert ref.rel_err(p[key], want_params[key]) <= 1e-12, f"{form} {mode} chunks: {key}"
