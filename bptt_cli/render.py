@@ -327,6 +327,8 @@ def summary_panel(summary: dict) -> Panel:
     chance = summary.get("chance") or {}
     if chance:
         grid.add_row("chance", ", ".join(f"{k} {fmt(v)}" for k, v in chance.items()))
+    if isinstance(summary.get("evaluation"), str):
+        grid.add_row("eval", summary["evaluation"])
     best = summary.get("best") or {}
     if best:
         grid.add_row("best", _metric_text(best))

@@ -419,6 +419,7 @@ SUMMARY_SHAPE: dict[str, Any] = {
     "data": opt("str"), "config_digest": opt("str"),
     "threads": opt({"count": opt(_INT), "source": opt("str"), "reason": opt("str")}),
     "cell": opt("str"), "k_range": opt(("list", opt(_INT))), "k_last": opt(_INT), "tracking": opt(("map", "any")),
+    "evaluation": opt("str"),
 }  # fmt: skip
 
 

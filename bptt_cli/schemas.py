@@ -135,6 +135,7 @@ class Summary(_Record):
     steps: Optional[int] = F("training steps configured", "steps", default=None)
     batch_size: Optional[int] = F("sequences per step", default=None)
     chance: Optional[dict[str, float]] = F("chance level of each metric the task has one for", default=None)
+    evaluation: Optional[str] = F("why no held-out evaluation runs (absent: it runs)", default=None)
     started: Optional[str] = F("UTC start, ISO 8601", default=None)
     resumed: Optional[int] = F("times the run was resumed", default=None)
     env: Optional[dict[str, Optional[str]]] = F("Python, numpy and bptt versions, git commit", default=None)

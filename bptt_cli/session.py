@@ -132,6 +132,8 @@ def _execute(cfg, run_dir, *, resume, expect, stop, on_event, trainer, thread_bu
         "data": data_fingerprint,
         "config_digest": _config_digest(cfg),
     }
+    if not trainer.held_out:  # said once in the summary, so an empty eval log is not taken for a failure
+        summary["evaluation"] = "none: task.eval_fraction is 0, nothing is held out"
     adaptive = trainer.truncation.adaptive
     if adaptive is not None:  # the K it may pick: [KMIN, KMAX], KMAX null = up to T-1
         summary["k_range"] = [adaptive[1], adaptive[2]]

@@ -7,6 +7,7 @@ Adagrad with sqrt(mem + 1e-8), the hidden state carried and zeroed when the poin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -564,3 +565,14 @@ def test_the_three_classics_are_shipped_with_a_header():
     for p in CLASSIC_CONFIGS:
         head = p.read_text().split("\nname:")[0]
         assert "What the original reports" in head and "What bptt gets" in head, p.name
+
+
+def test_a_run_without_held_out_text_says_so_in_its_summary(invoke, tmp_path):
+    """eval_fraction 0: no eval log lines, and the summary (file and panel) says why."""
+    res = invoke("train", ROOT / "configs" / "classics" / "min_char_rnn.yaml", "--smoke", "--runs-root", tmp_path, "--threads", "1")
+    assert res.exit_code == 0, res.output
+    run = next(p for p in tmp_path.rglob("summary.json")).parent
+    summary = json.loads((run / "summary.json").read_text())
+    assert "eval_fraction is 0" in summary["evaluation"]
+    assert "eval_fraction is 0" in res.output
+    assert not (run / "eval.jsonl").exists() or not (run / "eval.jsonl").read_text().strip()
