@@ -357,6 +357,13 @@ def random_problem(rng: np.random.Generator, T, B, I, H, O, loss_kind, *, densit
                    with_h0=False, dtype=np.float64):
     """``(params, x, targets, mask, h0)``; the mask has at least one 1."""
     params = random_params(rng, I, H, O, dtype)
+    x, targets, mask = random_inputs(rng, T, B, I, O, loss_kind, density=density, dtype=dtype)
+    h0 = rng.normal(0, 0.5, (B, H)).astype(dtype) if with_h0 else None
+    return params, x, targets, mask, h0
+
+
+def random_inputs(rng: np.random.Generator, T, B, I, O, loss_kind, *, density=0.5, dtype=np.float64):
+    """``(x, targets, mask)`` of a random problem, whatever the cell; the mask has at least one 1."""
     x = rng.normal(0, 1, (T, B, I)).astype(dtype)
     if loss_kind == "cross_entropy":
         targets = rng.integers(0, O, (T, B)).astype(np.int64)
@@ -365,8 +372,7 @@ def random_problem(rng: np.random.Generator, T, B, I, H, O, loss_kind, *, densit
     mask = (rng.random((T, B)) < density).astype(dtype)
     if mask.sum() == 0:
         mask[rng.integers(T), rng.integers(B)] = 1
-    h0 = rng.normal(0, 0.5, (B, H)).astype(dtype) if with_h0 else None
-    return params, x, targets, mask, h0
+    return x, targets, mask
 
 
 def rel_err(a: np.ndarray, b: np.ndarray, floor: float = 1e-12) -> float:

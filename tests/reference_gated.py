@@ -25,7 +25,7 @@ truncated gradient of L_t holds the WHOLE state before f(t) constant. State arra
 from __future__ import annotations
 
 import numpy as np
-from reference import chunk_size, rel_err, start_of, step_loss  # noqa: F401  (rel_err re-exported)
+from reference import chunk_size, random_inputs, rel_err, start_of, step_loss  # noqa: F401  (rel_err re-exported)
 
 KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "W_hy", "b_y")
 CELLS = ("gru", "lstm")
@@ -127,6 +127,14 @@ def _state_of(states: np.ndarray, cell: str, t: int, b: int) -> tuple:
     return (states[t, b].copy(),) if cell == "gru" else (states[t, 0, b].copy(), states[t, 1, b].copy())
 
 
+def _set_state(states: np.ndarray, cell: str, t: int, b: int, new: tuple) -> None:
+    """Store ``new`` (h,) or (h, c) of sample b into states[t]; the inverse of ``_state_of``."""
+    if cell == "gru":
+        states[t, b] = new[0]
+    else:
+        states[t, 0, b], states[t, 1, b] = new
+
+
 def initial_states(h0, cell: str, B: int, H: int, dtype) -> np.ndarray:
     shape = (B, H) if cell == "gru" else (2, B, H)
     s = np.zeros(shape, dtype=dtype)
@@ -147,10 +155,7 @@ def forward(params: dict, x: np.ndarray, cell: str, h0=None):
     for t in range(T):
         for b in range(B):
             new, _ = step(params, cell, x[t, b], _state_of(states, cell, t, b))
-            if cell == "gru":
-                states[t + 1, b] = new[0]
-            else:
-                states[t + 1, 0, b], states[t + 1, 1, b] = new
+            _set_state(states, cell, t + 1, b, new)
             y[t, b] = params["W_hy"] @ new[0] + params["b_y"]
     return states, y
 
@@ -232,10 +237,7 @@ def chunked_replay(params, x, targets, mask, spec, cell, loss_kind, h0=None, lr=
             ran_with[s] = {k: v.copy() for k, v in params.items()}
             for b in range(B):
                 new, _ = step(params, cell, x[s, b], _state_of(states, cell, s, b))
-                if cell == "gru":
-                    states[s + 1, b] = new[0]
-                else:
-                    states[s + 1, 0, b], states[s + 1, 1, b] = new
+                _set_state(states, cell, s + 1, b, new)
         n = float(sum(mask[s, b] for s in steps for b in range(B)))
         if n == 0:
             continue
@@ -302,14 +304,7 @@ def random_problem(rng: np.random.Generator, cell, T, B, I, H, O, loss_kind, *, 
                    with_h0=False, dtype=np.float64):
     """``(params, x, targets, mask, h0)``; the mask has at least one 1; h0 (B, H) or (2, B, H)."""
     params = random_params(rng, cell, I, H, O, dtype)
-    x = rng.normal(0, 1, (T, B, I)).astype(dtype)
-    if loss_kind == "cross_entropy":
-        targets = rng.integers(0, O, (T, B)).astype(np.int64)
-    else:
-        targets = rng.normal(0, 1, (T, B, O)).astype(dtype)
-    mask = (rng.random((T, B)) < density).astype(dtype)
-    if mask.sum() == 0:
-        mask[rng.integers(T), rng.integers(B)] = 1
+    x, targets, mask = random_inputs(rng, T, B, I, O, loss_kind, density=density, dtype=dtype)
     h0 = None
     if with_h0:
         h0 = rng.normal(0, 0.5, (B, H) if cell == "gru" else (2, B, H)).astype(dtype)
