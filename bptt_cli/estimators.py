@@ -75,7 +75,7 @@ class Problem:
     loss: str
     source: str  # "initial weights" or "checkpoint of RUN at step N"
     project: Any = None  # the task's gradient projection (influence: theta only), as in training
-    engine: Any = loss_and_gradients  # the cell's loss_and_gradients (the trainer's: elman, gru, lstm)
+    cell: str = "elman"  # elman, gru or lstm: the engine's cell=
 
 
 def kind_of(tr: Truncation) -> str:
@@ -110,8 +110,7 @@ def problem_from_trainer(trainer, state, *, batches: int, source: str) -> Proble
     params = {k: np.asarray(v, dtype=np.float64).copy() for k, v in state.params.items()}
     h0 = None if state.h is None else np.asarray(state.h, dtype=np.float64)
     project = getattr(trainer.task, "project_gradient", None)
-    engine = getattr(getattr(trainer, "engine", None), "loss_and_gradients", loss_and_gradients)
-    return Problem(params, out, h0, trainer.cfg.model.activation, trainer.task.loss, source, project, engine)
+    return Problem(params, out, h0, trainer.cfg.model.activation, trainer.task.loss, source, project, trainer.cell)
 
 
 def _flat(grads: dict, keys) -> np.ndarray:
@@ -147,10 +146,11 @@ def _random_matvecs(tr: Truncation, T: int, rng: np.random.Generator, supervised
 
 def _gradient(problem: Problem, tr: Truncation, batch: int, ws: Workspace, rng=None) -> np.ndarray:
     x, targets, mask = problem.batches[batch]
-    kw: dict[str, Any] = {"activation": problem.activation, "loss": problem.loss, "h0": problem.h0, "workspace": ws}
+    kw: dict[str, Any] = {"activation": problem.activation, "loss": problem.loss, "h0": problem.h0, "workspace": ws,
+                          "cell": problem.cell}
     if rng is not None:
         kw["rng"] = rng
-    _, grads, _ = problem.engine(problem.params, x, targets, mask, tr, **kw)
+    _, grads, _ = loss_and_gradients(problem.params, x, targets, mask, tr, **kw)
     if problem.project is not None:
         grads = problem.project(grads)
     return _flat(grads, problem.params)

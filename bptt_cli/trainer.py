@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from bptt_cli.config import Config, Expectation, parse_expectation
-from bptt_cli.core import clipping, gated, optim
+from bptt_cli.core import clipping, optim
 from bptt_cli.core.bptt import Workspace, chunked_pass, loss_and_gradients
 from bptt_cli.core.errors import DivergedError, InvalidInputError
 from bptt_cli.core.losses import LOSSES
@@ -70,26 +70,6 @@ class TrainState:
         return out
 
 
-class _Engine:
-    """The engine of one cell behind the Elman signatures: ``bptt.py``'s and ``model.py``'s own
-    functions for elman, ``gated.py``'s with the cell bound for gru and lstm (which have no
-    ``activation`` to take), so the loop reads the same for every cell."""
-
-    def __init__(self, cell: str) -> None:
-        self.cell = cell
-        if cell == "elman":
-            self.loss_and_gradients, self.chunked_pass, self.forward = loss_and_gradients, chunked_pass, forward
-            return
-        gated.check_cell(cell)
-        self.loss_and_gradients = lambda *a, activation=None, **kw: gated.loss_and_gradients(*a, cell=cell, **kw)
-        self.chunked_pass = lambda *a, activation=None, **kw: gated.chunked_pass(*a, cell=cell, **kw)
-        self.forward = lambda params, x, *, activation=None, h0=None: gated.forward(params, x, cell, h0)
-
-    def state_shape(self, B: int, H: int) -> tuple[int, ...]:
-        """The carried state: (B, H), or (2, B, H) = (h, c) for the LSTM."""
-        return (2, B, H) if self.cell == "lstm" else (B, H)
-
-
 class Trainer:
     """Builds the task, model and optimizer of a config and runs its training loop."""
 
@@ -111,7 +91,7 @@ class Trainer:
                 f"train.target {self.target} needs a held-out set, but task.eval_fraction is 0; use a train.* metric"
             )
         self.workspace = Workspace()
-        self.engine = _Engine(cfg.model.cell)
+        self.cell = cfg.model.cell  # elman, gru or lstm: the engine's and the model's cell=
         if cfg.model.cell != "elman" and hasattr(self.task, "initial_params"):
             raise InvalidInputError(f"the {cfg.task.name} task fixes an Elman model's weights; use model.cell: elman")
         self._eval_batch: Batch | None = None
@@ -122,11 +102,7 @@ class Trainer:
             self.initial_state()
         if hasattr(self.task, "initial_params"):  # the model must fit the task's fixed system
             self.task.initial_params(cfg.model.hidden, cfg.model.activation, self.dtype)
-        if cfg.model.cell != "elman" and (self.truncation.random or self.truncation.adaptive is not None):
-            raise InvalidInputError(  # refused here, before a run directory is written
-                f"truncation {self.truncation} is implemented for the elman cell only; gated cells (gru, lstm) "
-                "take full, k_truncated:K, subsequence:K or tbptt:K1:K2"
-            )
+        # A gated cell with a random or adaptive mode is refused by the config itself (schema.py).
 
     # -- state ------------------------------------------------------------------------
     def initial_state(self, *, from_file: bool = True) -> TrainState:
@@ -134,24 +110,7 @@ class Trainer:
         (checked when the trainer is built; ``from_file=False`` keeps the drawn ones, a
         template of the shapes for reading a checkpoint)."""
         m = self.cfg.model
-        model = None if m.cell != "elman" else RNN.init(
-            self.task.n_in,
-            m.hidden,
-            self.task.n_out,
-            activation=m.activation,
-            init=m.init,
-            spectral_radius=m.spectral_radius,
-            seed=self.cfg.seed,
-            dtype=self.dtype,
-            init_params=m.init_params.to_core(),
-        )
-        if model is not None:
-            params = model.params
-        else:  # PyTorch's layout and initialisation (core/gated.py)
-            params = gated.init_params(
-                m.cell, self.task.n_in, m.hidden, self.task.n_out,
-                init=m.init, forget_bias=m.forget_bias, rng=self.cfg.seed, dtype=self.dtype,
-            )  # fmt: skip
+        params = _fresh_params(m, self.task, self.cfg.seed, self.dtype)
         task_init = getattr(self.task, "initial_params", None)
         if task_init is not None:  # a task whose model is fixed (influence): its own weights
             params = task_init(m.hidden, m.activation, self.dtype)
@@ -184,7 +143,7 @@ class Trainer:
         """Held-out loss and the task's metrics, from a zero initial state."""
         b = self.eval_batch
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            _, y = self.engine.forward(params, b.x, activation=self.cfg.model.activation)
+            _, y = forward(params, b.x, activation=self.cfg.model.activation, cell=self.cell)
             loss, _ = LOSSES[self.task.loss](y, b.targets, b.mask)
         return {"loss": loss, **self.task.metrics(y, b)}
 
@@ -250,14 +209,14 @@ class Trainer:
                     # The engine reports non-finite values as DivergedError; numpy's warnings would only be noise.
                     tr = self._adapt(state, batch, h0) if self.truncation.adaptive is not None else self.truncation
                     if self.chunked:
-                        h_last = self.engine.chunked_pass(
+                        h_last = chunked_pass(
                             state.params, batch.x, batch.targets, batch.mask, tr, apply,
-                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace, **extra,
+                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace, cell=self.cell, **extra,
                         )  # fmt: skip
                     else:
-                        loss, grads, h_last = self.engine.loss_and_gradients(
+                        loss, grads, h_last = loss_and_gradients(
                             state.params, batch.x, batch.targets, batch.mask, tr,
-                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace, **extra,
+                            activation=act, loss=loss_kind, h0=h0, workspace=self.workspace, cell=self.cell, **extra,
                         )  # fmt: skip
                         if diagnose:  # from this step's forward pass and gradient, before its update
                             diag = self._diagnostics(state, batch, h0, step + 1, grads=grads)
@@ -397,7 +356,7 @@ class Trainer:
                 tr = self.truncation if state.k is None else self.truncation.with_k(state.k)
                 if grads is None:  # a random mode draws from a generator of its own: the run's is untouched
                     extra = {"rng": self._rng(step - 1)} if tr.random else {}
-                    _, grads, _ = self.engine.loss_and_gradients(*args, tr, **kw, workspace=self.workspace, **extra)
+                    _, grads, _ = loss_and_gradients(*args, tr, **kw, workspace=self.workspace, cell=cell, **extra)
                 hs = self.workspace.states()  # (T+1, B, H); the LSTM's (T+1, 2, B, H)
                 flow = diag.gradient_flow(
                     *args, **kw, max_lag=self.cfg.diagnostics.max_lag, hs=hs, workspace=self.workspace, cell=cell
@@ -408,7 +367,7 @@ class Trainer:
                     spec.update(gate=gates["gate"], gate_high=gates["high"], gate_low=gates["low"])
                 # Last: the full gradient it may compute overwrites the workspace's states.
                 if tr.random:  # no fixed window to reduce to full: always against a full gradient
-                    _, g_full, _ = self.engine.loss_and_gradients(*args, "full", **kw, workspace=self.workspace)
+                    _, g_full, _ = loss_and_gradients(*args, "full", **kw, workspace=self.workspace, cell=cell)
                     bias = diag.truncation_bias({k: grads[k] for k in g_full}, g_full)
                     bias["mode"] = str(tr)
                 else:
@@ -496,7 +455,7 @@ class _StateReader:
             B, H = tr.cfg.train.batch_size, tr.cfg.model.hidden
             if not tr.task.stateful:
                 raise InvalidInputError(f"{CHECKPOINT} has a hidden state 'h' but the {tr.cfg.task.name} task carries none")
-            shape = tr.engine.state_shape(B, H)
+            shape = (2, B, H) if tr.cell == "lstm" else (B, H)  # the LSTM carries (h, c)
             what = "(B, H)" if len(shape) == 2 else "(2, B, H): the LSTM's (h, c)"
             h = self.array("h", np.empty(shape, tr.dtype), f"the hidden state carried across batches {what}")
             if not np.isfinite(h).all():
@@ -569,14 +528,14 @@ def gradcheck_slice(cfg: Config, *, max_steps: int = 12, max_batch: int = 4):
     if not mask.any():
         mask = np.ones_like(mask)  # a slice with no scored step still has gradients worth checking
     m = cfg.model
-    if m.cell != "elman":
-        params = gated.init_params(
-            m.cell, task.n_in, m.hidden, task.n_out, init=m.init, forget_bias=m.forget_bias, rng=cfg.seed, dtype=np.float64
-        )
-        return params, x, targets, mask, m.activation, task.loss
-    model = RNN.init(
+    return _fresh_params(m, task, cfg.seed, np.float64), x, targets, mask, m.activation, task.loss
+
+
+def _fresh_params(m, task: Task, seed: int, dtype) -> dict[str, np.ndarray]:
+    """Initial weights of the configured cell (``RNN.init``: the Elman init, or PyTorch's layout
+    and initialisation for gru and lstm) for ``task``'s input and output sizes."""
+    return RNN.init(
         task.n_in, m.hidden, task.n_out,
-        activation=m.activation, init=m.init, spectral_radius=m.spectral_radius, seed=cfg.seed, dtype=np.float64,
-        init_params=m.init_params.to_core(),
-    )  # fmt: skip
-    return model.params, x, targets, mask, m.activation, task.loss
+        activation=m.activation, init=m.init, spectral_radius=m.spectral_radius, seed=seed, dtype=dtype,
+        init_params=m.init_params.to_core(), cell=m.cell, forget_bias=m.forget_bias,
+    ).params  # fmt: skip
